@@ -1,0 +1,111 @@
+"""The pipeline's configuration: one frozen dataclass per stage, composed into PipelineConfig.
+
+Each stage owns its config class beside its logic; this module composes them, reads YAML
+files, and turns a stage config into the plain dict that travels as a KFP pipeline parameter
+(and back). Nothing here reads the environment: defaults are the values written below.
+
+A config file overrides any subset, e.g.
+
+    data: /data/chest_xray
+    ingest: {image_size: 128}
+    train: {epochs: 10}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import yaml
+from radflow.components.class_balance.config import ClassBalanceConfig
+from radflow.components.evaluate.config import EvaluateConfig
+from radflow.components.ingest.config import IngestConfig
+from radflow.components.push.config import PushConfig
+from radflow.components.train.config import TrainConfig
+from radflow.components.validate.config import ValidateConfig
+
+from radflow import __version__
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    data: str = "data/sample"  # folder (or gs:// prefix) of labelled images: Kaggle or class-per-folder layout
+    serving_root: str = "models"  # TF Serving's model base: pushed versions go to <serving_root>/<model_name>/<n>/
+    pipeline_root: str = "runs"  # where a local run keeps every task's outputs
+    image: str = f"radflow:{__version__}"  # container image of every step on a cluster (`make image` builds it)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    class_balance: ClassBalanceConfig = field(default_factory=ClassBalanceConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    push: PushConfig = field(default_factory=PushConfig)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A config dataclass as plain JSON-able values (tuples become lists)."""
+    return dataclasses.asdict(config, dict_factory=lambda kv: {k: list(v) if isinstance(v, tuple) else v
+                                                                for k, v in kv})
+
+
+def from_dict(cls: type[T], values: dict[str, Any] | None) -> T:
+    """Builds config class `cls` from a (possibly partial, possibly nested) dict.
+
+    Raises:
+        ValueError: a key is not a field of `cls`; the message lists the valid ones.
+    """
+    values = dict(values or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} option(s) {unknown}; valid: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    return cls(**{name: _coerce(hints[name], value) for name, value in values.items()})
+
+
+def _coerce(hint: Any, value: Any) -> Any:
+    """Restores the declared type of a value that went through JSON or a KFP struct parameter.
+
+    KFP carries dict parameters as protobuf Structs, where every number is a double, and JSON
+    has no tuples: so 224 arrives as 224.0 and (16, 32) as [16.0, 32.0].
+    """
+    if value is None:
+        return None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):  # Optional[X]: coerce to the non-None member
+        return _coerce(next(a for a in args if a is not type(None)), value)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value)
+    if origin is tuple:
+        return tuple(_coerce(args[0], v) for v in value)
+    if hint is int and isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"expected an integer, got {value}")
+        return int(value)
+    if hint is float and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def load_config(path: str | None = None, **overrides: Any) -> PipelineConfig:
+    """Reads a YAML config file (or none, for the defaults) and applies top-level overrides.
+
+    Args:
+        path: a YAML file whose keys mirror PipelineConfig; missing keys keep their defaults.
+        overrides: top-level fields to set, e.g. data="..." (None values are ignored).
+
+    Returns:
+        The config.
+    """
+    values: dict[str, Any] = {}
+    if path:
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of config sections, got {type(values).__name__}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return from_dict(PipelineConfig, values)

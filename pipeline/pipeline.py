@@ -1,0 +1,85 @@
+"""The radflow DAG: ingest -> validate -> class_balance -> train -> evaluate -> push.
+
+Every step is a Python component whose body only maps artifacts to a stage function, run in
+the project's own image (`PipelineConfig.image`, built by `make image`) with nothing installed
+at run time. Stage options travel as one dict parameter per stage, so the KFP UI shows each
+stage's config as editable JSON and the defaults come from the typed dataclasses.
+
+    radflow compile --out radflow.yaml
+"""
+
+# No `from __future__ import annotations` here: KFP reads the pipeline signature's real types.
+from collections.abc import Callable
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Artifact
+from radflow.components.class_balance import component as class_balance_component
+from radflow.components.evaluate import component as evaluate_component
+from radflow.components.ingest import component as ingest_component
+from radflow.components.push import component as push_component
+from radflow.components.train import component as train_component
+from radflow.components.validate import component as validate_component
+from radflow.pipeline.config import PipelineConfig, to_dict
+
+PIPELINE_NAME = "radflow"
+STAGES = ("ingest", "validate", "class_balance", "train", "evaluate", "push")
+_FUNCTIONS = {
+    "ingest": ingest_component.ingest,
+    "validate": validate_component.validate,
+    "class_balance": class_balance_component.class_balance,
+    "train": train_component.train,
+    "evaluate": evaluate_component.evaluate,
+    "push": push_component.push,
+}
+
+
+def build_components(image: str) -> dict[str, Callable]:
+    """The six stage components, all running in `image`.
+
+    install_kfp_package=False: the image already has the pinned kfp, and installing at run
+    time would be slow, unreproducible and impossible on offline clusters.
+    """
+    return {name: dsl.component(_FUNCTIONS[name], base_image=image, install_kfp_package=False) for name in STAGES}
+
+
+def build_pipeline(config: PipelineConfig = PipelineConfig()) -> Callable:
+    """The pipeline function, with `config` as its parameters' defaults.
+
+    Args:
+        config: data location, serving root, container image and every stage's options.
+
+    Returns:
+        A @dsl.pipeline function: compile it, submit it, or call it under kfp.local.
+    """
+    c = build_components(config.image)
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="Labelled medical images -> validated, balanced, trained, gated model pushed to TF Serving.",
+    )
+    def radflow(
+        data: str = config.data,
+        serving_root: str = config.serving_root,
+        ingest_config: dict = to_dict(config.ingest),
+        validate_config: dict = to_dict(config.validate),
+        class_balance_config: dict = to_dict(config.class_balance),
+        train_config: dict = to_dict(config.train),
+        evaluate_config: dict = to_dict(config.evaluate),
+        push_config: dict = to_dict(config.push),
+    ) -> NamedTuple("Outputs", [("evaluation", Artifact), ("pushed", Artifact)]):
+        ingest = c["ingest"](source=data, config=ingest_config)
+        examples = ingest.outputs["examples"]
+        validate = c["validate"](examples=examples, config=validate_config)
+        balance = c["class_balance"](examples=examples, config=class_balance_config).after(validate)
+        train = c["train"](examples=examples, class_balance=balance.outputs["class_balance"], config=train_config)
+        evaluate = c["evaluate"](model=train.outputs["model"], examples=examples, config=evaluate_config)
+        push = c["push"](model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"],
+                         serving_root=serving_root, config=push_config)
+        # New data can arrive under unchanged parameters: never answer ingest or train from cache.
+        ingest.set_caching_options(False)
+        train.set_caching_options(False)
+        outputs = NamedTuple("Outputs", [("evaluation", Artifact), ("pushed", Artifact)])
+        return outputs(evaluation=evaluate.outputs["evaluation"], pushed=push.outputs["pushed"])
+
+    return radflow

@@ -1,0 +1,248 @@
+"""The `radflow` command: run the whole pipeline, or any one stage on plain paths.
+
+Every stage subcommand calls the same function the pipeline's component calls, so a stage can
+be debugged on a laptop exactly as it runs in the cluster. Try:
+
+    radflow synth data/sample              # a synthetic chest X-ray set in Kaggle's layout
+    radflow run --local --data data/sample # the whole DAG under kfp.local
+    radflow ingest data/sample runs/examples
+    radflow --help, radflow <command> --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict
+
+log = logging.getLogger("radflow")
+
+
+def _setup_logging(verbose: bool) -> None:
+    # TensorFlow's C++ logging is read from the environment when TF loads, which is after this.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("apache_beam", "tensorflow", "absl", "h5py", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _stage_config(args: argparse.Namespace, section: str, **overrides):
+    """The config of one stage: defaults, then the --config file's section, then flags."""
+    from radflow.pipeline.config import from_dict, load_config
+
+    base = getattr(load_config(args.config), section)
+    values = {**asdict(base), **{k: v for k, v in overrides.items() if v is not None}}
+    return from_dict(type(base), values)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from radflow.synth import synthesize
+
+    summary = synthesize(args.out, n=args.n, seed=args.seed)
+    print(f"wrote {args.out}: {json.dumps(summary.counts)}; {len(summary.corrupt)} deliberately corrupt files; "
+          f"{summary.patients} patients")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from radflow.components.ingest.ingest import ingest
+
+    result = ingest(args.source, args.out, _stage_config(args, "ingest", image_size=args.image_size))
+    print(f"{result.total} inputs: {result.states}; quarantine reasons: {result.reasons or 'none'}")
+    print(f"examples per split and class: {json.dumps(result.metadata.counts)}")
+    print(f"manifest: {os.path.join(args.out, 'manifest.csv')}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from radflow.components.validate.validate import DataValidationError, validate
+
+    try:
+        result = validate(args.examples, args.out, _stage_config(args, "validate", schema_path=args.schema))
+    except DataValidationError as err:
+        print(f"validation failed:\n{err}", file=sys.stderr)
+        return 1
+    print(f"no anomalies; examples per split: {result.num_examples}; outputs in {args.out}")
+    return 0
+
+
+def cmd_class_balance(args: argparse.Namespace) -> int:
+    from radflow.components.class_balance.class_balance import class_balance
+
+    balance = class_balance(args.examples, args.out, _stage_config(args, "class_balance", strategy=args.strategy))
+    print(balance.to_json())
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from radflow import examples as ex
+    from radflow.components.class_balance.class_balance import compute_class_balance, read_class_balance
+    from radflow.components.train.train import train
+
+    if args.class_balance:
+        balance = read_class_balance(args.class_balance)
+    else:
+        balance = compute_class_balance(ex.read_metadata(args.examples), _stage_config(args, "class_balance"))
+    result = train(args.examples, args.out, balance, _stage_config(args, "train", epochs=args.epochs))
+    print(json.dumps(asdict(result), indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from radflow.components.evaluate.evaluate import evaluate
+
+    result = evaluate(args.model, args.examples, args.out, _stage_config(args, "evaluate"))
+    print(json.dumps(result.metrics, indent=2))
+    print(f"blessed: {result.blessing.blessed} ({result.blessing.reason})")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from radflow.components.push.push import push
+
+    result = push(args.model, args.blessing, args.serving_root, _stage_config(args, "push"))
+    print(result.to_json())
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from radflow.pipeline.compile import compile_pipeline
+    from radflow.pipeline.config import load_config
+
+    print(f"wrote {compile_pipeline(load_config(args.config), args.out)}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from radflow.components.ingest.ingest import read_manifest
+    from radflow.pipeline.config import load_config
+    from radflow.pipeline.run import run_local
+    from radflow.serving.predict import predict_files
+
+    config = load_config(args.config, data=args.data, serving_root=args.serving_root, pipeline_root=args.pipeline_root)
+    if not os.path.isdir(config.data) and "://" not in config.data:
+        print(f"no data at {config.data!r}: pass --data DIR, or make a sample with `radflow synth {config.data}`",
+              file=sys.stderr)
+        return 2
+    result = run_local(config)
+    print("\n== radflow run finished ==")
+    print("test metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if k != "num_examples"))
+    print(f"blessed: {result.blessing.blessed} ({result.blessing.reason})")
+    if not result.pushed["pushed"]:
+        print(f"not pushed: {result.pushed['reason']}")
+        return 0
+    print(f"pushed version {result.pushed['version']} to {result.pushed['path']}")
+    examples_dir = os.path.join(os.path.dirname(os.path.dirname(result.evaluation_dir)), "ingest", "examples")
+    test_image = next(r["path"] for r in read_manifest(examples_dir) if r["split"] == "test" and r["state"] == "ingested")
+    pred = predict_files(result.pushed["path"], [test_image])[0]
+    scores = ", ".join(f"{k}={v:.3f}" for k, v in pred.scores.items())
+    print(f"serving_default on {test_image}: {pred.label} ({scores})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="radflow", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func, help: str, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=description,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(func=func)
+        return p
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", metavar="FILE", help="YAML config; its sections override the defaults "
+                       "(see pipeline/config.py and configs/)")
+        return p
+
+    p = add("synth", cmd_synth, "write a synthetic chest X-ray set in Kaggle's layout",
+            "Writes OUT/{train,val,test}/{NORMAL,PNEUMONIA}/ with Kaggle-style names (several images per\n"
+            "patient), a ~1:3 class mix, varied sizes and a few undecodable files. Deterministic per seed.\n\n"
+            "example: radflow synth data/sample --n 600")
+    p.add_argument("out", metavar="OUT", help="directory to create")
+    p.add_argument("--n", type=int, default=600, help="number of image files (default 600)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    p = with_config(add("run", cmd_run, "run the whole pipeline locally under kfp.local",
+                        "Runs ingest -> validate -> class_balance -> train -> evaluate -> push with kfp.local's\n"
+                        "SubprocessRunner, then prints the metrics, the pushed version and one prediction made\n"
+                        "through the pushed model's serving_default signature.\n\n"
+                        "example: radflow run --local --data data/sample --serving-root models"))
+    p.add_argument("--local", action="store_true", default=True,
+                   help="run on this machine with kfp.local (the default, and for now the only mode here)")
+    p.add_argument("--data", help="image folder (Kaggle or class-per-folder layout); default from config")
+    p.add_argument("--serving-root", help="TF Serving model base directory; default from config ('models')")
+    p.add_argument("--pipeline-root", help="where task outputs are kept; default from config ('runs')")
+
+    p = with_config(add("compile", cmd_compile, "compile the pipeline to KFP YAML",
+                        "Writes the KFP v2 pipeline spec that a Kubeflow cluster runs. Config values become\n"
+                        "the parameters' defaults.\n\nexample: radflow compile --out radflow.yaml"))
+    p.add_argument("--out", default="radflow.yaml", help="output file (default radflow.yaml)")
+
+    p = with_config(add("ingest", cmd_ingest, "images -> TFRecord examples, patient-split, with a manifest",
+                        "Decodes every file under SOURCE, quarantines the unreadable ones with a reason,\n"
+                        "deduplicates identical images and writes OUT/{train,val,test}/*.tfrecord,\n"
+                        "OUT/manifest.csv (one row per input) and, last, OUT/metadata.json.\n\n"
+                        "example: radflow ingest data/sample runs/examples --image-size 128"))
+    p.add_argument("source", metavar="SOURCE", help="folder or gs:// prefix, Kaggle or class-per-folder layout")
+    p.add_argument("out", metavar="OUT", help="output directory")
+    p.add_argument("--image-size", type=int, help="stored image size (default 224)")
+
+    p = with_config(add("validate", cmd_validate, "TFDV statistics, schema and anomalies per split",
+                        "Exits 1 with the anomalies listed when a split breaks the schema or is empty.\n\n"
+                        "example: radflow validate runs/examples runs/validation"))
+    p.add_argument("examples", metavar="EXAMPLES", help="an ingest output")
+    p.add_argument("out", metavar="OUT", help="output directory")
+    p.add_argument("--schema", help="a curated schema .pbtxt to validate against (default: infer from train)")
+
+    p = with_config(add("class-balance", cmd_class_balance, "class weights and initial bias for train",
+                        "example: radflow class-balance runs/examples runs/class_balance"))
+    p.add_argument("examples", metavar="EXAMPLES", help="an ingest output")
+    p.add_argument("out", metavar="OUT", help="output directory")
+    p.add_argument("--strategy", choices=("class_weights", "none"), help="how train handles imbalance")
+
+    p = with_config(add("train", cmd_train, "train and export the baseline CNN",
+                        "Trains under the machine's tf.distribute strategy and exports OUT/saved_model\n"
+                        "(serving_default takes encoded image bytes) beside OUT/model.keras.\n\n"
+                        "example: radflow train runs/examples runs/model --class-balance runs/class_balance"))
+    p.add_argument("examples", metavar="EXAMPLES", help="an ingest output")
+    p.add_argument("out", metavar="OUT", help="output directory")
+    p.add_argument("--class-balance", metavar="DIR", help="a class-balance output (default: compute it now)")
+    p.add_argument("--epochs", type=int, help="maximum epochs")
+
+    p = with_config(add("evaluate", cmd_evaluate, "test metrics and the blessing",
+                        "Scores the test split through the exported serving_default signature and writes\n"
+                        "metrics, plots and blessing.json.\n\nexample: radflow evaluate runs/model runs/examples runs/eval"))
+    p.add_argument("model", metavar="MODEL", help="a train output")
+    p.add_argument("examples", metavar="EXAMPLES", help="an ingest output")
+    p.add_argument("out", metavar="OUT", help="output directory")
+
+    p = with_config(add("push", cmd_push, "publish a blessed model as the next TF Serving version",
+                        "Copies MODEL/saved_model to SERVING_ROOT/<model_name>/<next version>/ atomically,\n"
+                        "only if BLESSING (an evaluate output) says blessed.\n\n"
+                        "example: radflow push runs/model runs/eval models"))
+    p.add_argument("model", metavar="MODEL", help="a train output")
+    p.add_argument("blessing", metavar="BLESSING", help="an evaluate output holding blessing.json")
+    p.add_argument("serving_root", metavar="SERVING_ROOT", help="TF Serving model base directory or gs:// prefix")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as err:
+        log.debug("failed", exc_info=True)
+        print(f"radflow {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

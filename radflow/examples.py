@@ -1,0 +1,196 @@
+"""The example format: the one definition of what ingest writes and every later stage reads.
+
+An examples directory holds TFRecord shards of `tf.train.Example` (one per image, already decoded
+and standardised to `image_size` x `image_size` x `channels` uint8 pixels) and `metadata.json`,
+which carries the label names in their fixed order. `metadata.json` is written last, so a
+directory without it is an unfinished ingest and is refused by `read_metadata`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import tensorflow as tf
+
+from radflow import fileio
+
+SPLITS = ("train", "val", "test")
+METADATA_FILE = "metadata.json"
+MANIFEST_FILE = "manifest.csv"
+SHARD_SUFFIX = ".tfrecord"
+
+# Feature keys. Per-image scalar features ride along with the pixels so that TFDV can compute
+# their statistics without decoding images again.
+IMAGE = "image"  # raw uint8 pixels, row-major, image_size * image_size * channels bytes
+LABEL = "label"  # int64 index into DatasetMetadata.label_names
+LABEL_NAME = "label_name"
+ORIG_HEIGHT = "orig_height"
+ORIG_WIDTH = "orig_width"
+MEAN_INTENSITY = "mean_intensity"  # of the standardised image, in [0, 255]
+STD_INTENSITY = "std_intensity"
+SOURCE_FORMAT = "source_format"  # "JPEG", "PNG", ...
+
+# The scalar features, as TFDV and the schema see them.
+SCALAR_FEATURES = {
+    LABEL: tf.int64,
+    LABEL_NAME: tf.string,
+    ORIG_HEIGHT: tf.int64,
+    ORIG_WIDTH: tf.int64,
+    MEAN_INTENSITY: tf.float32,
+    STD_INTENSITY: tf.float32,
+    SOURCE_FORMAT: tf.string,
+}
+
+
+@dataclass(frozen=True)
+class DatasetMetadata:
+    """What every consumer of an examples directory must agree on.
+
+    Args:
+        label_names: class names; the index of a name is its integer label.
+        image_size: height and width of the stored pixels.
+        channels: 1 for grayscale.
+        counts: split -> label name -> number of examples.
+    """
+
+    label_names: tuple[str, ...]
+    image_size: int
+    channels: int = 1
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    def split_size(self, split: str) -> int:
+        return sum(self.counts.get(split, {}).values())
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> DatasetMetadata:
+        raw = json.loads(text)
+        return cls(
+            label_names=tuple(raw["label_names"]),
+            image_size=int(raw["image_size"]),
+            channels=int(raw["channels"]),
+            counts={s: {k: int(v) for k, v in c.items()} for s, c in raw["counts"].items()},
+        )
+
+
+def feature_spec(metadata: DatasetMetadata) -> dict[str, tf.io.FixedLenFeature]:
+    """The parsing spec for one serialized example."""
+    spec = {key: tf.io.FixedLenFeature([], dtype) for key, dtype in SCALAR_FEATURES.items()}
+    spec[IMAGE] = tf.io.FixedLenFeature([], tf.string)
+    return spec
+
+
+def _bytes(value: bytes) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int(value: int) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def _float(value: float) -> tf.train.Feature:
+    return tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)]))
+
+
+def make_example(
+    pixels: np.ndarray,
+    label: int,
+    label_name: str,
+    orig_height: int,
+    orig_width: int,
+    source_format: str,
+) -> bytes:
+    """Serializes one standardised image and its per-image features.
+
+    Args:
+        pixels: uint8 array of shape (size, size, channels).
+        label: integer label, the index of `label_name`.
+        label_name: the class name.
+        orig_height: height of the image as it was found, before standardising.
+        orig_width: width of the image as it was found.
+        source_format: the decoded file's format, e.g. "JPEG".
+
+    Returns:
+        The serialized `tf.train.Example`.
+    """
+    if pixels.dtype != np.uint8 or pixels.ndim != 3:
+        raise ValueError(f"pixels must be uint8 HxWxC, got {pixels.dtype} {pixels.shape}")
+    features = {
+        IMAGE: _bytes(pixels.tobytes()),
+        LABEL: _int(label),
+        LABEL_NAME: _bytes(label_name.encode()),
+        ORIG_HEIGHT: _int(orig_height),
+        ORIG_WIDTH: _int(orig_width),
+        MEAN_INTENSITY: _float(pixels.mean()),
+        STD_INTENSITY: _float(pixels.std()),
+        SOURCE_FORMAT: _bytes(source_format.encode()),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+
+def parse_examples(serialized: tf.Tensor, metadata: DatasetMetadata) -> dict[str, tf.Tensor]:
+    """Parses a batch of serialized examples; `image` comes back as uint8 (N, size, size, C)."""
+    parsed = tf.io.parse_example(serialized, feature_spec(metadata))
+    shape = [-1, metadata.image_size, metadata.image_size, metadata.channels]
+    parsed[IMAGE] = tf.reshape(tf.io.decode_raw(parsed[IMAGE], tf.uint8), shape)
+    return parsed
+
+
+def shard_pattern(examples_dir: str, split: str) -> str:
+    """The glob that matches a split's shards."""
+    return os.path.join(examples_dir, split, f"*{SHARD_SUFFIX}")
+
+
+def split_files(examples_dir: str, split: str) -> list[str]:
+    """The shards of one split, sorted so that reading order is reproducible."""
+    return sorted(tf.io.gfile.glob(shard_pattern(examples_dir, split)))
+
+
+def read_metadata(examples_dir: str) -> DatasetMetadata:
+    """Reads metadata.json.
+
+    Raises:
+        FileNotFoundError: the directory is not a finished ingest output.
+    """
+    path = os.path.join(examples_dir, METADATA_FILE)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(
+            f"{path} not found: {examples_dir} is not a complete examples directory "
+            "(ingest writes metadata.json last, so an interrupted ingest has none)"
+        )
+    return DatasetMetadata.from_json(fileio.read_text(path))
+
+
+def write_metadata(examples_dir: str, metadata: DatasetMetadata) -> None:
+    fileio.write_text_atomic(os.path.join(examples_dir, METADATA_FILE), metadata.to_json())
+
+
+def iter_split(
+    examples_dir: str, split: str, metadata: DatasetMetadata, batch_size: int = 256
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yields a split in order as numpy batches; for evaluation and small tools, not training."""
+    files = split_files(examples_dir, split)
+    if not files:
+        return
+    ds = tf.data.TFRecordDataset(files).batch(batch_size)
+    for batch in ds.map(lambda s: parse_examples(s, metadata)):
+        yield {k: v.numpy() for k, v in batch.items()}
+
+
+def concat_batches(batches: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Concatenates the batches of `iter_split` into whole arrays (empty dict for no batches)."""
+    batches = list(batches)
+    if not batches:
+        return {}
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}

@@ -1,0 +1,66 @@
+"""The image preprocessing that ingest, training and serving must share.
+
+Three steps, each one function, so that every path composes the same pieces:
+
+    decode_image(bytes)        -> uint8 (H, W, C)          serving, and ingest of JPEG/PNG
+    standardize(uint8, size)   -> uint8 (size, size, C)    pad to square, resize, round
+    to_model_input(uint8)      -> float32 in [0, 1]        what the network sees
+
+Ingest stores the output of `standardize`; training feeds stored pixels through
+`preprocess_pixels`; the exported `serving_default` signature runs `preprocess_encoded` on the
+request bytes. Because `standardize` is idempotent at the target size, a training image and the
+same image sent to the server reach the network as identical tensors (a test checks this).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def decode_image(image_bytes: tf.Tensor, channels: int) -> tf.Tensor:
+    """Decodes JPEG, PNG, BMP or GIF bytes to uint8 (H, W, channels).
+
+    Args:
+        image_bytes: a scalar tf.string.
+        channels: 1 for grayscale (colour inputs are converted), 3 for RGB.
+
+    Returns:
+        uint8 tensor of rank 3.
+    """
+    image = tf.io.decode_image(image_bytes, channels=channels, dtype=tf.uint8, expand_animations=False)
+    image.set_shape([None, None, channels])
+    return image
+
+
+def standardize(image: tf.Tensor, size: int) -> tf.Tensor:
+    """Pads to a square (keeping the aspect ratio, so anatomy is not squashed) and resizes.
+
+    Args:
+        image: uint8 (H, W, C).
+        size: output height and width.
+
+    Returns:
+        uint8 (size, size, C). Rounding back to uint8 makes the result identical whether it is
+        computed at ingest time and stored, or computed at request time by the server.
+    """
+    resized = tf.image.resize_with_pad(
+        tf.cast(image, tf.float32), size, size, method=tf.image.ResizeMethod.BILINEAR, antialias=True
+    )
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+
+
+def to_model_input(image: tf.Tensor) -> tf.Tensor:
+    """Scales uint8 pixels to float32 in [0, 1]."""
+    return tf.cast(image, tf.float32) / 255.0
+
+
+def preprocess_pixels(image: tf.Tensor, size: int) -> tf.Tensor:
+    """Decoded uint8 pixels (one image or a batch) to the network's input."""
+    if image.shape.rank == 4:
+        return tf.map_fn(lambda im: to_model_input(standardize(im, size)), image, fn_output_signature=tf.float32)
+    return to_model_input(standardize(image, size))
+
+
+def preprocess_encoded(image_bytes: tf.Tensor, size: int, channels: int) -> tf.Tensor:
+    """Encoded image bytes (a scalar tf.string) to the network's input."""
+    return preprocess_pixels(decode_image(image_bytes, channels), size)

@@ -1,0 +1,1 @@
+"""Serving: the exported model's contract with TF Serving and its clients."""

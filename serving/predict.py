@@ -1,0 +1,41 @@
+"""In-process prediction through an exported model's `serving_default` signature.
+
+The same contract TF Serving exposes: encoded image bytes in; per-class `scores` and
+`classes` out. Used at the end of `radflow run` to show one real prediction, and as the
+in-process floor that network serving is measured against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+from radflow.components.train.train import CLASSES, SCORES, SERVING_INPUT
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: str
+    label: str  # the highest-scoring class
+    scores: dict[str, float]  # class name -> probability
+
+
+def predict_files(saved_model_dir: str, paths: list[str]) -> list[Prediction]:
+    """Scores image files (JPEG, PNG, BMP, GIF) with an exported model.
+
+    Args:
+        saved_model_dir: a SavedModel exported by train, e.g. <serving_root>/radflow/3.
+        paths: image files, local or gs://.
+
+    Returns:
+        One prediction per file, in order.
+    """
+    serve = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
+    images = tf.constant([tf.io.gfile.GFile(p, "rb").read() for p in paths])
+    out = serve(**{SERVING_INPUT: images})
+    predictions = []
+    for path, scores, classes in zip(paths, out[SCORES].numpy(), out[CLASSES].numpy(), strict=True):
+        named = {c.decode(): float(s) for c, s in zip(classes, scores, strict=True)}
+        predictions.append(Prediction(path, max(named, key=named.get), named))
+    return predictions
