@@ -212,6 +212,7 @@ def train(
         epochs=config.epochs,
         class_weight=balance.class_weights,
         callbacks=[stopper],
+        shuffle=False,  # the dataset shuffles itself; Keras cannot shuffle a tf.data pipeline
         verbose=2,
     )
     history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}

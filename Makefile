@@ -1,0 +1,45 @@
+# radflow: `make run` and `make test` work on a fresh clone with Python 3.11 and make.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+DATA ?= data/sample
+SERVING_ROOT ?= models
+CONFIG ?=
+SAMPLE_N ?= 600
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run test lint compile sample clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  variables: DATA=$(DATA) SERVING_ROOT=$(SERVING_ROOT) CONFIG=$(CONFIG) SAMPLE_N=$(SAMPLE_N)"
+
+# The stamp is rebuilt whenever pyproject.toml (the pinned dependency set) changes.
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"radflow needs Python 3.11, found {sys.version.split()[0]}"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	@touch $@
+
+setup: $(VENV)/.installed ## create .venv with the pinned dependencies (once)
+
+sample: setup ## write the synthetic sample dataset to data/sample (if missing)
+	@[ -d data/sample/train ] || $(BIN)/radflow synth data/sample --n $(SAMPLE_N)
+
+run: setup ## run the whole pipeline locally; DATA=path/to/chest_xray for your own images
+	@if [ "$(DATA)" = "data/sample" ]; then $(MAKE) --no-print-directory sample; fi
+	$(BIN)/radflow run --local --data "$(DATA)" --serving-root "$(SERVING_ROOT)" $(if $(CONFIG),--config "$(CONFIG)")
+
+test: setup ## run the test suite
+	$(BIN)/python -m pytest
+
+lint: setup ## ruff
+	$(BIN)/ruff check .
+
+compile: setup ## compile the pipeline to radflow.yaml
+	$(BIN)/radflow compile --out radflow.yaml $(if $(CONFIG),--config "$(CONFIG)")
+
+clean: ## remove run outputs (runs/, models/), keeping .venv and data/
+	rm -rf runs models radflow.yaml
