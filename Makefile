@@ -7,9 +7,11 @@ DATA ?= data/sample
 SERVING_ROOT ?= models
 CONFIG ?=
 SAMPLE_N ?= 600
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= radflow:$(VERSION)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint compile sample clean
+.PHONY: help setup run test lint compile sample image clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,6 +42,9 @@ lint: setup ## ruff
 
 compile: setup ## compile the pipeline to radflow.yaml
 	$(BIN)/radflow compile --out radflow.yaml $(if $(CONFIG),--config "$(CONFIG)")
+
+image: ## build the pipeline image radflow:<version> (needs a Docker engine)
+	docker build -t $(IMAGE) .
 
 clean: ## remove run outputs (runs/, models/), keeping .venv and data/
 	rm -rf runs models radflow.yaml

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Artifact
+from kfp.dsl import Artifact, Dataset
 from radflow.components.class_balance import component as class_balance_component
 from radflow.components.evaluate import component as evaluate_component
 from radflow.components.ingest import component as ingest_component
@@ -32,6 +32,14 @@ _FUNCTIONS = {
     "evaluate": evaluate_component.evaluate,
     "push": push_component.push,
 }
+
+
+class Outputs(NamedTuple):
+    """What a run hands back: the examples, the evaluation (with the blessing) and the push record."""
+
+    examples: Dataset
+    evaluation: Artifact
+    pushed: Artifact
 
 
 def build_components(image: str) -> dict[str, Callable]:
@@ -67,7 +75,7 @@ def build_pipeline(config: PipelineConfig = PipelineConfig()) -> Callable:
         train_config: dict = to_dict(config.train),
         evaluate_config: dict = to_dict(config.evaluate),
         push_config: dict = to_dict(config.push),
-    ) -> NamedTuple("Outputs", [("evaluation", Artifact), ("pushed", Artifact)]):
+    ) -> Outputs:
         ingest = c["ingest"](source=data, config=ingest_config)
         examples = ingest.outputs["examples"]
         validate = c["validate"](examples=examples, config=validate_config)
@@ -79,7 +87,6 @@ def build_pipeline(config: PipelineConfig = PipelineConfig()) -> Callable:
         # New data can arrive under unchanged parameters: never answer ingest or train from cache.
         ingest.set_caching_options(False)
         train.set_caching_options(False)
-        outputs = NamedTuple("Outputs", [("evaluation", Artifact), ("pushed", Artifact)])
-        return outputs(evaluation=evaluate.outputs["evaluation"], pushed=push.outputs["pushed"])
+        return Outputs(examples=examples, evaluation=evaluate.outputs["evaluation"], pushed=push.outputs["pushed"])
 
     return radflow

@@ -20,6 +20,7 @@ from radflow.pipeline.pipeline import build_pipeline
 
 @dataclass(frozen=True)
 class LocalRunResult:
+    examples_dir: str
     evaluation_dir: str
     metrics: dict[str, float]
     blessing: Blessing
@@ -52,7 +53,7 @@ def run_local(config: PipelineConfig) -> LocalRunResult:
         pushed = json.load(f)
     with open(os.path.join(evaluation_dir, METRICS_FILE)) as f:
         metrics = json.load(f)["metrics"]
-    return LocalRunResult(evaluation_dir, metrics, read_blessing(evaluation_dir), pushed)
+    return LocalRunResult(run.outputs["examples"].path, evaluation_dir, metrics, read_blessing(evaluation_dir), pushed)
 
 
 def _absolute(path: str) -> str:

@@ -118,12 +118,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from radflow.components.ingest.ingest import read_manifest
+    from radflow.components.ingest.ingest import INGESTED, read_manifest
     from radflow.pipeline.config import load_config
     from radflow.pipeline.run import run_local
     from radflow.serving.predict import predict_files
 
-    config = load_config(args.config, data=args.data, serving_root=args.serving_root, pipeline_root=args.pipeline_root)
+    config = load_config(args.config, data=args.data, serving_root=args.serving_root,
+                         pipeline_root=args.pipeline_root)
     if not os.path.isdir(config.data) and "://" not in config.data:
         print(f"no data at {config.data!r}: pass --data DIR, or make a sample with `radflow synth {config.data}`",
               file=sys.stderr)
@@ -136,8 +137,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"not pushed: {result.pushed['reason']}")
         return 0
     print(f"pushed version {result.pushed['version']} to {result.pushed['path']}")
-    examples_dir = os.path.join(os.path.dirname(os.path.dirname(result.evaluation_dir)), "ingest", "examples")
-    test_image = next(r["path"] for r in read_manifest(examples_dir) if r["split"] == "test" and r["state"] == "ingested")
+    test_image = next(r["path"] for r in read_manifest(result.examples_dir)
+                      if r["split"] == "test" and r["state"] == INGESTED)
     pred = predict_files(result.pushed["path"], [test_image])[0]
     scores = ", ".join(f"{k}={v:.3f}" for k, v in pred.scores.items())
     print(f"serving_default on {test_image}: {pred.label} ({scores})")
@@ -218,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_config(add("evaluate", cmd_evaluate, "test metrics and the blessing",
                         "Scores the test split through the exported serving_default signature and writes\n"
-                        "metrics, plots and blessing.json.\n\nexample: radflow evaluate runs/model runs/examples runs/eval"))
+                        "metrics, plots and blessing.json.\n\n"
+                        "example: radflow evaluate runs/model runs/examples runs/eval"))
     p.add_argument("model", metavar="MODEL", help="a train output")
     p.add_argument("examples", metavar="EXAMPLES", help="an ingest output")
     p.add_argument("out", metavar="OUT", help="output directory")

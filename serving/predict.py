@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import tensorflow as tf
-
 from radflow.components.train.train import CLASSES, SCORES, SERVING_INPUT
 
 

@@ -1,5 +1,4 @@
 import pytest
-
 from radflow.components.evaluate.config import EvaluateConfig
 from radflow.components.ingest.config import IngestConfig
 from radflow.components.train.config import TrainConfig

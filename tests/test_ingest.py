@@ -5,8 +5,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
-
-from radflow import examples as ex
 from radflow.components.ingest.config import IngestConfig
 from radflow.components.ingest.ingest import (
     DUPLICATE,
@@ -19,6 +17,8 @@ from radflow.components.ingest.ingest import (
     read_manifest,
     split_fraction,
 )
+
+from radflow import examples as ex
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
-
-from radflow import examples as ex
 from radflow.components.ingest.ingest import SourceFile, decode_file
 from radflow.components.train.train import (
     CLASSES,
@@ -20,6 +18,8 @@ from radflow.components.train.train import (
     make_dataset,
     read_labels,
 )
+
+from radflow import examples as ex
 from radflow.preprocessing import preprocess_encoded
 
 

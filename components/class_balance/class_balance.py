@@ -81,7 +81,7 @@ def compute_class_balance(metadata: ex.DatasetMetadata, config: ClassBalanceConf
     if config.strategy not in STRATEGIES:
         raise ValueError(f"unknown class-balance strategy {config.strategy!r}; choose one of {STRATEGIES}")
     train = [metadata.counts.get("train", {}).get(name, 0) for name in metadata.label_names]
-    missing = [name for name, n in zip(metadata.label_names, train) if n == 0]
+    missing = [name for name, n in zip(metadata.label_names, train, strict=True) if n == 0]
     if missing:
         raise ValueError(f"class(es) {missing} have no training examples; cannot train a classifier for them")
     weights = class_weights(train) if config.strategy == "class_weights" else [1.0] * len(train)

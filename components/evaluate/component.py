@@ -30,5 +30,6 @@ def evaluate(model: Input[Model], examples: Input[Dataset], config: dict, evalua
     if result.roc_curve:
         classification.log_roc_curve(result.roc_curve["fpr"], result.roc_curve["tpr"], result.roc_curve["thresholds"])
     evaluation.metadata.update({"blessed": result.blessing.blessed, "reason": result.blessing.reason})
-    write_images_html(report.path, "Evaluation", [f"{evaluation.path}/{ROC_PLOT}", f"{evaluation.path}/{CONFUSION_PLOT}"],
+    plots = [f"{evaluation.path}/{ROC_PLOT}", f"{evaluation.path}/{CONFUSION_PLOT}"]
+    write_images_html(report.path, "Evaluation", plots,
                       notes=f"blessed: {result.blessing.blessed}\n{result.blessing.reason}")

@@ -150,7 +150,9 @@ def decide_blessing(metrics: dict[str, float], config: EvaluateConfig) -> Blessi
                     gates)
 
 
-def predict_split(saved_model_dir: str, examples_dir: str, split: str, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def predict_split(
+    saved_model_dir: str, examples_dir: str, split: str, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Scores a split through the exported `serving_default` signature on PNG-encoded images.
 
     Returns:
@@ -215,7 +217,8 @@ def evaluate(
         Metrics, confusion matrix, ROC curve and the blessing.
     """
     metadata = ex.read_metadata(examples_dir)
-    y_true, scores = predict_split(os.path.join(model_dir, SAVED_MODEL_DIR), examples_dir, EVAL_SPLIT, config.batch_size)
+    saved_model = os.path.join(model_dir, SAVED_MODEL_DIR)
+    y_true, scores = predict_split(saved_model, examples_dir, EVAL_SPLIT, config.batch_size)
     metrics = classification_metrics(y_true, scores, config.threshold)
     k = metadata.num_classes
     y_pred = (scores[:, 1] >= config.threshold).astype(int) if k == 2 else scores.argmax(axis=1)

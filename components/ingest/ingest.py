@@ -192,7 +192,8 @@ def _resolve_duplicates(item: tuple[str, list[_Decoded]]):
     yield "example", (keep.source.split, keep.example)
     yield "row", _row(keep.source, INGESTED, "")
     for dup in group[1:]:
-        where = "" if dup.source.split == keep.source.split else f" (in split {keep.source.split}, not {dup.source.split})"
+        where = ("" if dup.source.split == keep.source.split
+                 else f" (in split {keep.source.split}, not {dup.source.split})")
         yield "row", _row(dup.source, DUPLICATE, f"identical pixels to {keep.source.path}{where}")
 
 

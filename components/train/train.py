@@ -154,7 +154,7 @@ def plot_history(history: dict[str, list[float]], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, metric in zip(axes, ("loss", "auc")):
+    for ax, metric in zip(axes, ("loss", "auc"), strict=True):
         for prefix, style in (("", "-"), ("val_", "--")):
             if prefix + metric in history:
                 ax.plot(range(1, len(history[prefix + metric]) + 1), history[prefix + metric], style,
