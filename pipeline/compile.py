@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from kfp import compiler
+
 from radflow.pipeline.config import PipelineConfig
 from radflow.pipeline.pipeline import build_pipeline
 

@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import yaml
+
+from radflow import __version__
 from radflow.components.class_balance.config import ClassBalanceConfig
 from radflow.components.evaluate.config import EvaluateConfig
 from radflow.components.ingest.config import IngestConfig
 from radflow.components.push.config import PushConfig
 from radflow.components.train.config import TrainConfig
 from radflow.components.validate.config import ValidateConfig
-
-from radflow import __version__
 
 T = TypeVar("T")
 

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset
+
 from radflow.components.class_balance import component as class_balance_component
 from radflow.components.evaluate import component as evaluate_component
 from radflow.components.ingest import component as ingest_component

@@ -31,9 +31,19 @@ LABEL = "label"  # int64 index into DatasetMetadata.label_names
 LABEL_NAME = "label_name"
 ORIG_HEIGHT = "orig_height"
 ORIG_WIDTH = "orig_width"
-MEAN_INTENSITY = "mean_intensity"  # of the standardised image, in [0, 255]
-STD_INTENSITY = "std_intensity"
 SOURCE_FORMAT = "source_format"  # "JPEG", "PNG", ...
+BIT_DEPTH = "bit_depth"  # bits per sample of the source (8, 16, 12 for most DICOM)
+ASPECT_RATIO = "aspect_ratio"  # orig_width / orig_height
+PATIENT_KEY = "patient_key"  # keyed hash of the patient id: groups images without naming anyone
+# Intensity statistics of the decoded source image (before padding), scaled to [0, 255].
+MEAN_INTENSITY = "mean_intensity"
+STD_INTENSITY = "std_intensity"
+P05_INTENSITY = "p05_intensity"
+P50_INTENSITY = "p50_intensity"
+P95_INTENSITY = "p95_intensity"
+NEAR_BLACK_FRACTION = "near_black_fraction"  # share of pixels <= NEAR_BLACK
+NEAR_WHITE_FRACTION = "near_white_fraction"  # share of pixels >= NEAR_WHITE
+NEAR_BLACK, NEAR_WHITE = 5, 250
 
 # The scalar features, as TFDV and the schema see them.
 SCALAR_FEATURES = {
@@ -41,10 +51,68 @@ SCALAR_FEATURES = {
     LABEL_NAME: tf.string,
     ORIG_HEIGHT: tf.int64,
     ORIG_WIDTH: tf.int64,
+    SOURCE_FORMAT: tf.string,
+    BIT_DEPTH: tf.int64,
+    ASPECT_RATIO: tf.float32,
+    PATIENT_KEY: tf.string,
     MEAN_INTENSITY: tf.float32,
     STD_INTENSITY: tf.float32,
-    SOURCE_FORMAT: tf.string,
+    P05_INTENSITY: tf.float32,
+    P50_INTENSITY: tf.float32,
+    P95_INTENSITY: tf.float32,
+    NEAR_BLACK_FRACTION: tf.float32,
+    NEAR_WHITE_FRACTION: tf.float32,
 }
+
+
+@dataclass(frozen=True)
+class ImageFeatures:
+    """Per-image facts stored beside the pixels, for validation, drift checks and grouping.
+
+    Args:
+        orig_height: height of the image as found, before standardising.
+        orig_width: width as found.
+        source_format: the decoded file's format, e.g. "JPEG".
+        bit_depth: bits per sample of the source.
+        patient_key: keyed hash of the patient id ("" when unknown).
+        mean, std, p05, p50, p95: intensity statistics of the source pixels on a 0-255 scale.
+        near_black, near_white: share of source pixels <= NEAR_BLACK and >= NEAR_WHITE.
+    """
+
+    orig_height: int
+    orig_width: int
+    source_format: str
+    bit_depth: int = 8
+    patient_key: str = ""
+    mean: float = 0.0
+    std: float = 0.0
+    p05: float = 0.0
+    p50: float = 0.0
+    p95: float = 0.0
+    near_black: float = 0.0
+    near_white: float = 0.0
+
+    @classmethod
+    def measure(
+        cls, pixels: np.ndarray, source_format: str, bit_depth: int = 8, patient_key: str = ""
+    ) -> ImageFeatures:
+        """Measures decoded source pixels (H, W, C), scaled to 0-255 whatever their dtype."""
+        scaled = pixels.astype(np.float32) * (255.0 / np.iinfo(pixels.dtype).max if pixels.dtype != np.uint8 else 1.0)
+        p05, p50, p95 = np.percentile(scaled, [5, 50, 95])
+        return cls(
+            orig_height=int(pixels.shape[0]),
+            orig_width=int(pixels.shape[1]),
+            source_format=source_format,
+            bit_depth=bit_depth,
+            patient_key=patient_key,
+            mean=float(scaled.mean()),
+            std=float(scaled.std()),
+            p05=float(p05),
+            p50=float(p50),
+            p95=float(p95),
+            near_black=float((scaled <= NEAR_BLACK).mean()),
+            near_white=float((scaled >= NEAR_WHITE).mean()),
+        )
 
 
 @dataclass(frozen=True)
@@ -103,23 +171,14 @@ def _float(value: float) -> tf.train.Feature:
     return tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)]))
 
 
-def make_example(
-    pixels: np.ndarray,
-    label: int,
-    label_name: str,
-    orig_height: int,
-    orig_width: int,
-    source_format: str,
-) -> bytes:
+def make_example(pixels: np.ndarray, label: int, label_name: str, info: ImageFeatures) -> bytes:
     """Serializes one standardised image and its per-image features.
 
     Args:
-        pixels: uint8 array of shape (size, size, channels).
+        pixels: uint8 array of shape (size, size, channels), the output of `standardize`.
         label: integer label, the index of `label_name`.
         label_name: the class name.
-        orig_height: height of the image as it was found, before standardising.
-        orig_width: width of the image as it was found.
-        source_format: the decoded file's format, e.g. "JPEG".
+        info: facts about the source image.
 
     Returns:
         The serialized `tf.train.Example`.
@@ -130,11 +189,19 @@ def make_example(
         IMAGE: _bytes(pixels.tobytes()),
         LABEL: _int(label),
         LABEL_NAME: _bytes(label_name.encode()),
-        ORIG_HEIGHT: _int(orig_height),
-        ORIG_WIDTH: _int(orig_width),
-        MEAN_INTENSITY: _float(pixels.mean()),
-        STD_INTENSITY: _float(pixels.std()),
-        SOURCE_FORMAT: _bytes(source_format.encode()),
+        ORIG_HEIGHT: _int(info.orig_height),
+        ORIG_WIDTH: _int(info.orig_width),
+        SOURCE_FORMAT: _bytes(info.source_format.encode()),
+        BIT_DEPTH: _int(info.bit_depth),
+        ASPECT_RATIO: _float(info.orig_width / info.orig_height),
+        PATIENT_KEY: _bytes(info.patient_key.encode()),
+        MEAN_INTENSITY: _float(info.mean),
+        STD_INTENSITY: _float(info.std),
+        P05_INTENSITY: _float(info.p05),
+        P50_INTENSITY: _float(info.p50),
+        P95_INTENSITY: _float(info.p95),
+        NEAR_BLACK_FRACTION: _float(info.near_black),
+        NEAR_WHITE_FRACTION: _float(info.near_white),
     }
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
 

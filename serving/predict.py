@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import tensorflow as tf
+
 from radflow.components.train.train import CLASSES, SCORES, SERVING_INPUT
 
 

@@ -33,12 +33,11 @@ def examples_dir(synth_dir, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def model_dir(examples_dir, tmp_path_factory) -> str:
+    from radflow import examples as ex
     from radflow.components.class_balance.class_balance import compute_class_balance
     from radflow.components.class_balance.config import ClassBalanceConfig
     from radflow.components.train.config import TrainConfig
     from radflow.components.train.train import train
-
-    from radflow import examples as ex
 
     out = str(tmp_path_factory.mktemp("train") / "model")
     balance = compute_class_balance(ex.read_metadata(examples_dir), ClassBalanceConfig())

@@ -1,6 +1,8 @@
 import math
 
 import pytest
+
+from radflow import examples as ex
 from radflow.components.class_balance.class_balance import (
     ClassBalance,
     class_balance,
@@ -10,8 +12,6 @@ from radflow.components.class_balance.class_balance import (
     read_class_balance,
 )
 from radflow.components.class_balance.config import ClassBalanceConfig
-
-from radflow import examples as ex
 
 
 def _metadata(train_counts, names):

@@ -1,4 +1,5 @@
 import pytest
+
 from radflow.components.evaluate.config import EvaluateConfig
 from radflow.components.ingest.config import IngestConfig
 from radflow.components.train.config import TrainConfig

@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from radflow.components.train.train import CLASSES, SCORES, SERVING_INPUT
 
 from radflow.cli import main
+from radflow.components.train.train import CLASSES, SCORES, SERVING_INPUT
 from radflow.synth import synthesize
 
 

@@ -3,6 +3,7 @@ import os
 
 import numpy as np
 import pytest
+
 from radflow.components.evaluate.config import EvaluateConfig
 from radflow.components.evaluate.evaluate import (
     BLESSING_FILE,

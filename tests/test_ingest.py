@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
+
+from radflow import examples as ex
 from radflow.components.ingest.config import IngestConfig
 from radflow.components.ingest.ingest import (
     DUPLICATE,
@@ -17,8 +19,6 @@ from radflow.components.ingest.ingest import (
     read_manifest,
     split_fraction,
 )
-
-from radflow import examples as ex
 
 
 @pytest.mark.parametrize(

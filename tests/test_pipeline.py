@@ -1,6 +1,7 @@
 """The compiled pipeline: tasks, dependencies, images and run-time behaviour, asserted on the YAML."""
 
 import yaml
+
 from radflow.pipeline.compile import compile_pipeline
 from radflow.pipeline.config import PipelineConfig, load_config
 from radflow.pipeline.pipeline import STAGES

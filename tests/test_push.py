@@ -1,6 +1,7 @@
 import os
 
 import pytest
+
 from radflow.components.evaluate.evaluate import BLESSING_FILE, Blessing
 from radflow.components.push.config import PushConfig
 from radflow.components.push.push import push, versions

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
+
+from radflow import examples as ex
 from radflow.components.ingest.ingest import SourceFile, decode_file
 from radflow.components.train.train import (
     CLASSES,
@@ -18,8 +20,6 @@ from radflow.components.train.train import (
     make_dataset,
     read_labels,
 )
-
-from radflow import examples as ex
 from radflow.preprocessing import preprocess_encoded
 
 
@@ -88,3 +88,19 @@ def test_missing_split_is_a_clear_error(tmp_path):
     metadata = ex.DatasetMetadata(("A", "B"), 8, 1, {})
     with pytest.raises(FileNotFoundError, match="no shards for split 'val'"):
         make_dataset(str(tmp_path), "val", metadata, 4, training=False)
+
+
+def test_threshold_is_read_from_the_versions_asset(model_dir, tmp_path):
+    """Push rewrites assets/threshold.txt in the published copy; the server must answer with it."""
+    import shutil
+
+    from radflow.components.train.train import THRESHOLD, THRESHOLD_ASSET
+
+    copy = tmp_path / "version"
+    shutil.copytree(os.path.join(model_dir, SAVED_MODEL_DIR), copy)
+    (copy / "assets" / THRESHOLD_ASSET).write_text("0.125\n")
+    serve = tf.saved_model.load(str(copy)).signatures["serving_default"]
+    image = tf.constant([_png(np.zeros((40, 40), np.uint8))])
+    assert serve(**{SERVING_INPUT: image})[THRESHOLD].numpy().tolist() == [0.125]
+    original = tf.saved_model.load(os.path.join(model_dir, SAVED_MODEL_DIR)).signatures["serving_default"]
+    assert original(**{SERVING_INPUT: image})[THRESHOLD].numpy().tolist() == [0.5]

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_data_validation as tfdv
-from radflow.components.validate import validate as v
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2
 
 from radflow import examples as ex
+from radflow.components.validate import validate as v
 
 LABELS = ("NORMAL", "PNEUMONIA")
 SIZE = 16
@@ -30,9 +30,10 @@ def write_examples(root, per_split: dict[str, list[tuple[int, str]]]) -> str:
         if items:
             os.makedirs(os.path.join(root, split), exist_ok=True)
             with tf.io.TFRecordWriter(os.path.join(root, split, f"{split}-00000-of-00001.tfrecord")) as w:
-                for i, (label, name) in enumerate(items):
+                for label, name in items:
                     pixels = rng.integers(0, 256, (SIZE, SIZE, 1), dtype=np.uint8)
-                    w.write(ex.make_example(pixels, label, name, 100 + i, 120 + i, "JPEG"))
+                    info = ex.ImageFeatures.measure(pixels, "JPEG")
+                    w.write(ex.make_example(pixels, label, name, info))
         names = LABELS + tuple(sorted({n for _, n in items} - set(LABELS)))
         counts[split] = {name: sum(1 for _, n in items if n == name) for name in names}
     ex.write_metadata(str(root), ex.DatasetMetadata(LABELS, SIZE, 1, counts))

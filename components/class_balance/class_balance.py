@@ -14,10 +14,9 @@ import math
 import os
 from dataclasses import asdict, dataclass
 
-from radflow.components.class_balance.config import ClassBalanceConfig
-
 from radflow import examples as ex
 from radflow import fileio
+from radflow.components.class_balance.config import ClassBalanceConfig
 
 RESULT_FILE = "class_balance.json"
 CHART_FILE = "class_counts.png"

@@ -17,7 +17,6 @@ def class_balance(examples: Input[Dataset], config: dict, class_balance: Output[
     from radflow.components.class_balance.class_balance import CHART_FILE, ClassBalanceConfig
     from radflow.components.class_balance.class_balance import class_balance as run_class_balance
     from radflow.pipeline.config import from_dict
-
     from radflow.report import write_images_html
 
     balance = run_class_balance(examples.path, class_balance.path, from_dict(ClassBalanceConfig, config))

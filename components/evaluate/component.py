@@ -19,7 +19,6 @@ def evaluate(model: Input[Model], examples: Input[Dataset], config: dict, evalua
     from radflow.components.evaluate.evaluate import CONFUSION_PLOT, ROC_PLOT, EvaluateConfig
     from radflow.components.evaluate.evaluate import evaluate as run_evaluate
     from radflow.pipeline.config import from_dict
-
     from radflow.report import write_images_html
 
     result = run_evaluate(model.path, examples.path, evaluation.path, from_dict(EvaluateConfig, config))

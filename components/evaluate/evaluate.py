@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import tensorflow as tf
-from radflow.components.evaluate.config import EvaluateConfig
-from radflow.components.train.train import SAVED_MODEL_DIR, SCORES, SERVING_INPUT
 
 from radflow import examples as ex
 from radflow import fileio
+from radflow.components.evaluate.config import EvaluateConfig
+from radflow.components.train.train import SAVED_MODEL_DIR, SCORES, SERVING_INPUT
 
 log = logging.getLogger(__name__)
 

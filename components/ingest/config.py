@@ -14,5 +14,8 @@ class IngestConfig:
     seed: int = 0  # split salt: a patient's split depends only on its id and this seed
     labels: tuple[str, ...] = ()  # class names in label order; empty = sorted class folder names
     max_quarantined_fraction: float = 0.1  # fail the run when more inputs than this are unreadable
+    # Key of the patient-id hash in the examples. Set it per deployment (e.g. from a secret) and
+    # keep it away from the data: without it, a patient_key cannot be linked back to a patient.
+    patient_key_secret: str = ""
     runner: str = "DirectRunner"  # or DataflowRunner, FlinkRunner, SparkRunner
     beam_args: tuple[str, ...] = ()  # extra Beam pipeline options, e.g. ("--project=p", "--region=r")

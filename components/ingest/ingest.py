@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import hmac
 import io
 import logging
 import math
@@ -25,9 +26,9 @@ import numpy as np
 import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image, UnidentifiedImageError
-from radflow.components.ingest.config import IngestConfig
 
 from radflow import examples as ex
+from radflow.components.ingest.config import IngestConfig
 from radflow.preprocessing import decode_image, standardize
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,12 @@ def pixel_checksum(pixels: np.ndarray) -> str:
     return hashlib.sha256(pixels.tobytes() + str(pixels.shape).encode()).hexdigest()
 
 
-def decode_file(source: SourceFile, labels: tuple[str, ...], size: int, channels: int) -> _Decoded:
+def patient_key(patient: str, key: str) -> str:
+    """A keyed hash of the patient id: stable for grouping, meaningless without the key."""
+    return hmac.new(key.encode(), patient.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def decode_file(source: SourceFile, labels: tuple[str, ...], size: int, channels: int, key: str = "") -> _Decoded:
     """Reads, decodes and standardises one file; never raises for a bad file.
 
     Decoding uses the same `decode_image` as the serving signature, so that what was trained on
@@ -167,7 +173,7 @@ def decode_file(source: SourceFile, labels: tuple[str, ...], size: int, channels
         return _Decoded(source, reason=f"unreadable: {err}")
     try:
         with Image.open(io.BytesIO(data)) as probe:
-            fmt, (width, height) = probe.format, probe.size
+            fmt = probe.format
     except UnidentifiedImageError:
         return _Decoded(source, reason="not an image")
     except Exception as err:  # noqa: BLE001 - PIL raises many types for damaged headers
@@ -178,10 +184,10 @@ def decode_file(source: SourceFile, labels: tuple[str, ...], size: int, channels
         pixels = decode_image(tf.constant(data), channels)
     except tf.errors.InvalidArgumentError as err:
         return _Decoded(source, reason=f"corrupt or truncated {fmt}: {err.message.splitlines()[0]}")
-    standardized = standardize(pixels, size).numpy()
-    label = labels.index(source.label)
-    example = ex.make_example(standardized, label, source.label, height, width, fmt)
-    return _Decoded(source, pixel_hash=pixel_checksum(pixels.numpy()), example=example)
+    decoded = pixels.numpy()
+    info = ex.ImageFeatures.measure(decoded, fmt, bit_depth=8, patient_key=patient_key(source.patient_id, key))
+    example = ex.make_example(standardize(pixels, size).numpy(), labels.index(source.label), source.label, info)
+    return _Decoded(source, pixel_hash=pixel_checksum(decoded), example=example)
 
 
 def _resolve_duplicates(item: tuple[str, list[_Decoded]]):
@@ -250,7 +256,7 @@ def ingest(source: str, out_dir: str, config: IngestConfig = IngestConfig()) -> 
             p
             | "ListFiles" >> beam.Create(files)
             | "Reshuffle" >> beam.Reshuffle()  # spread the decode work over all workers
-            | "Decode" >> beam.Map(decode_file, labels, size, channels)
+            | "Decode" >> beam.Map(decode_file, labels, size, channels, config.patient_key_secret)
             | "Route" >> beam.FlatMap(_route).with_outputs("quarantined", main="ok")
         )
         resolved = (

@@ -19,11 +19,11 @@ import uuid
 from dataclasses import asdict, dataclass
 
 import tensorflow as tf
+
+from radflow import fileio
 from radflow.components.evaluate.evaluate import read_blessing
 from radflow.components.push.config import PushConfig
 from radflow.components.train.train import SAVED_MODEL_DIR
-
-from radflow import fileio
 
 log = logging.getLogger(__name__)
 

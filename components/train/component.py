@@ -18,7 +18,6 @@ def train(examples: Input[Dataset], class_balance: Input[Artifact], config: dict
     from radflow.components.train.train import CURVES_FILE, TrainConfig
     from radflow.components.train.train import train as run_train
     from radflow.pipeline.config import from_dict
-
     from radflow.report import write_images_html
 
     result = run_train(examples.path, model.path, read_class_balance(class_balance.path),

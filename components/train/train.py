@@ -12,16 +12,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 
 import keras
 import tensorflow as tf
-from radflow.components.class_balance.class_balance import ClassBalance
-from radflow.components.train.config import TrainConfig
 
 from radflow import examples as ex
 from radflow import fileio
+from radflow.components.class_balance.class_balance import ClassBalance
+from radflow.components.train.config import TrainConfig
 from radflow.preprocessing import preprocess_encoded, preprocess_pixels
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ CURVES_FILE = "training_curves.png"
 RESULT_FILE = "training.json"  # written last: the model directory is complete when it exists
 LABELS_ASSET = "labels.txt"  # in saved_model/assets/, one class name per line, in score order
 SERVING_INPUT = "image_bytes"
-SCORES, CLASSES = "scores", "classes"
+THRESHOLD_ASSET = "threshold.txt"  # in saved_model/assets/: the operating threshold, rewritten by push
+SCORES, CLASSES, THRESHOLD = "scores", "classes", "threshold"
 CACHE_LIMIT_BYTES = 2 * 2**30  # cache a split in memory when its records are smaller than this
 
 
@@ -117,32 +119,56 @@ def build_baseline_cnn(metadata: ex.DatasetMetadata, config: TrainConfig, bias: 
     return keras.Model(inputs, outputs, name="baseline_cnn")
 
 
-def export_serving(model: keras.Model, metadata: ex.DatasetMetadata, path: str) -> None:
+class _ServingModule(tf.Module):
+    """The exported graph: the Keras model behind the shared preprocessing.
+
+    The decision threshold is read from an asset file at request time rather than baked into
+    the graph, because it is chosen after training (on the validation split) and written into
+    the version directory when the model is pushed; the server then answers with the same
+    threshold every client applies.
+    """
+
+    def __init__(self, model: keras.Model, metadata: ex.DatasetMetadata, threshold_file: str):
+        super().__init__()
+        self.model = model
+        self.threshold_asset = tf.saved_model.Asset(threshold_file)
+        self._size, self._channels = metadata.image_size, metadata.channels
+        self._names = list(metadata.label_names)
+
+    def _outputs(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        probs = self.model(images, training=False)
+        scores = tf.concat([1.0 - probs, probs], axis=1) if len(self._names) == 2 else probs
+        n = tf.shape(scores)[0]
+        threshold = tf.strings.to_number(tf.strings.strip(tf.io.read_file(self.threshold_asset)), tf.float32)
+        return {
+            SCORES: scores,
+            CLASSES: tf.tile(tf.constant(self._names)[None, :], [n, 1]),
+            THRESHOLD: tf.fill([n], threshold),
+        }
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
+    def serve_encoded(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        images = tf.map_fn(
+            lambda b: preprocess_encoded(b, self._size, self._channels),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([self._size, self._size, self._channels], tf.float32),
+        )
+        return self._outputs(images)
+
+
+def export_serving(model: keras.Model, metadata: ex.DatasetMetadata, path: str, threshold: float = 0.5) -> None:
     """Writes a SavedModel whose `serving_default` takes a batch of encoded images.
 
     Inputs: `image_bytes`, tf.string (N,), JPEG/PNG/BMP/GIF. Outputs: `scores`, float32 (N, K),
-    one probability per class; `classes`, tf.string (N, K), the class names in score order.
+    one probability per class; `classes`, tf.string (N, K), the class names in score order;
+    `threshold`, float32 (N,), the operating threshold on the positive-class score (binary models).
     """
-    size, channels = metadata.image_size, metadata.channels
-    names = tf.constant(list(metadata.label_names))
-    binary = metadata.num_classes == 2
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
-    def serve(image_bytes):
-        images = tf.map_fn(
-            lambda b: preprocess_encoded(b, size, channels),
-            image_bytes,
-            fn_output_signature=tf.TensorSpec([size, size, channels], tf.float32),
-        )
-        probs = model(images, training=False)
-        scores = tf.concat([1.0 - probs, probs], axis=1) if binary else probs
-        classes = tf.tile(names[None, :], [tf.shape(scores)[0], 1])
-        return {SCORES: scores, CLASSES: classes}
-
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint("serving_default", serve)
-    archive.write_out(path, verbose=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = os.path.join(tmp, THRESHOLD_ASSET)
+        with open(staged, "w") as f:
+            f.write(f"{threshold}\n")
+        module = _ServingModule(model, metadata, staged)
+        tf.saved_model.save(module, path, signatures={"serving_default": module.serve_encoded})
     fileio.write_text_atomic(os.path.join(path, "assets", LABELS_ASSET), "\n".join(metadata.label_names) + "\n")
 
 

@@ -24,11 +24,11 @@ from dataclasses import asdict, dataclass
 import tensorflow as tf
 import tensorflow_data_validation as tfdv
 from apache_beam.options.pipeline_options import PipelineOptions
-from radflow.components.validate.config import ValidateConfig
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
 
 from radflow import examples as ex
 from radflow import fileio
+from radflow.components.validate.config import ValidateConfig
 
 log = logging.getLogger(__name__)
 
