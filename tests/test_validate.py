@@ -72,7 +72,7 @@ def test_clean_dataset_passes(clean):
         stats = tfdv.load_stats_binary(os.path.join(out, v.STATISTICS_DIR, f"{split}.pb"))
         assert stats.datasets[0].num_examples == result.num_examples[split]
         # Only the scalar features are profiled, never the pixels.
-        assert {f.path.step[0] for f in stats.datasets[0].features} == set(ex.SCALAR_FEATURES)
+        assert {f.path.step[0] for f in stats.datasets[0].features} == set(v.PROFILED_FEATURES)
     assert not os.path.exists(os.path.join(out, v.STATISTICS_DIR, ".tfdv-scratch"))
     assert "No anomalies." in open(os.path.join(out, v.REPORT_FILE)).read()
     assert v.read_result(out) == result

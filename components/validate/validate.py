@@ -32,6 +32,9 @@ from radflow.components.validate.config import ValidateConfig
 
 log = logging.getLogger(__name__)
 
+# The patient key is an identifier: its values differ between splits by design, so a domain
+# inferred from train would flag every test patient. Patients are counted, not profiled.
+PROFILED_FEATURES = tuple(f for f in ex.SCALAR_FEATURES if f != ex.PATIENT_KEY)
 STATISTICS_DIR = "statistics"  # <split>.pb: binary DatasetFeatureStatisticsList per split
 SCHEMA_FILE = "schema.pbtxt"  # the schema every split was validated against
 REPORT_FILE = "anomalies.md"  # human-readable report
@@ -77,7 +80,7 @@ def _statistics(
     TFDV writes its result through Beam; the scratch file lives under `out_dir` rather than a local
     temp dir so that remote runners (which cannot see this machine's /tmp) can write it too.
     """
-    options = tfdv.StatsOptions(feature_allowlist=list(ex.SCALAR_FEATURES))
+    options = tfdv.StatsOptions(feature_allowlist=list(PROFILED_FEATURES))
     scratch = os.path.join(scratch_dir, f"{split}.tfrecord")
     with _quiet_beam():
         stats = tfdv.generate_statistics_from_tfrecord(
