@@ -28,6 +28,11 @@ from radflow.components.train.train import SAVED_MODEL_DIR
 log = logging.getLogger(__name__)
 
 SAVED_MODEL_PB = "saved_model.pb"
+# Inside each published version, beside the SavedModel (TF Serving ignores other directories):
+# where the version came from, and the training statistics later runs compare against for drift.
+LINEAGE_DIR = "radflow_lineage"
+LINEAGE_FILE = "lineage.json"
+TRAIN_STATISTICS_FILE = "train_statistics.pb"
 
 
 @dataclass(frozen=True)
