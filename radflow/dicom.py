@@ -76,15 +76,14 @@ def read_dataset(data: bytes, stop_before_pixels: bool = False) -> pydicom.Datas
     """Parses DICOM Part 10 bytes.
 
     Raises:
-        DicomError: NOT_AN_IMAGE if the bytes are not DICOM, TRUNCATED if the header is cut short.
+        DicomError: NOT_AN_IMAGE if the bytes are not DICOM, TRUNCATED if the header is cut or damaged.
     """
     if not is_dicom(data):
         raise DicomError(NOT_AN_IMAGE, "no DICM marker")
     try:
         return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels)
-    except InvalidDicomError as err:
-        raise DicomError(NOT_AN_IMAGE, str(err)) from err
-    except (EOFError, OSError, ValueError, struct.error) as err:
+    except (InvalidDicomError, EOFError, OSError, ValueError, struct.error) as err:
+        # The DICM marker is there, so a header that does not parse is a damaged file.
         raise DicomError(TRUNCATED, f"header: {err}") from err
 
 
@@ -168,6 +167,8 @@ def decode(data: bytes, bit_depth: int = 8) -> DicomImage:
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
     ds = read_dataset(data)
     if "PixelData" not in ds:
+        if "Rows" in ds:  # the image attributes are there: the file was cut before its pixels
+            raise DicomError(TRUNCATED, "image attributes but no pixel data")
         raise DicomError(NOT_AN_IMAGE, "no pixel data")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
