@@ -33,6 +33,36 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """How the steps run on Kubernetes. kfp.local ignores all of it, so local runs are unchanged."""
+
+    gpus: int = 1  # nvidia.com/gpu for train (0, 1, 2, 4, 8 or 16; per worker with train_workers > 1); 0 = CPU
+    accelerator: str = "nvidia.com/gpu"  # the extended resource name the GPU device plugin advertises
+    # key=value node labels a GPU pod must match (GKE labels its GPU nodes with the accelerator type)
+    gpu_node_selector: tuple[str, ...] = ("cloud.google.com/gke-accelerator=nvidia-tesla-t4",)
+    # taints of the GPU pool the train pod tolerates, as key[=value]:effect (GKE's own GPU taint below)
+    gpu_tolerations: tuple[str, ...] = ("nvidia.com/gpu=present:NoSchedule",)
+    cpu: str = "1"  # CPU request of every step but train
+    memory: str = "4G"  # memory request (and limit) of every step but train
+    train_cpu: str = "4"  # CPU request of train (of each TFJob worker with train_workers > 1)
+    train_memory: str = "16G"  # memory request (and limit) of train (of each TFJob worker)
+    timeout_s: int = 7200  # pod deadline (activeDeadlineSeconds) of every step but train
+    train_timeout_s: int = 43200  # deadline of train; a TFJob gets the same as its activeDeadlineSeconds
+    retries: int = 2  # retries of the steps in retry_stages (spot/preemptible nodes can vanish mid-step)
+    # push is left out: a push killed after publishing and then retried would publish a second version
+    retry_stages: tuple[str, ...] = ("ingest", "validate", "class_balance", "train", "evaluate")
+    pvc: str = ""  # a PersistentVolumeClaim mounted into every step at pvc_mount_path; "" = data on gs:// only
+    pvc_mount_path: str = "/mnt/radflow"  # where the PVC appears; point data/serving_root below it
+    # a Secret holding a service-account key.json, mounted read-only; "" = Workload Identity (no key at all)
+    credentials_secret: str = ""
+    credentials_mount_path: str = "/var/secrets/google"  # GOOGLE_APPLICATION_CREDENTIALS=<this>/key.json
+    train_workers: int = 1  # > 1: train launches a TFJob of this many MultiWorkerMirroredStrategy workers
+    tfjob_namespace: str = "kubeflow"  # namespace of the TFJob (the pipeline's service account may create there)
+    tfjob_service_account: str = "pipeline-runner"  # the workers' identity: KFP's, bound by Workload Identity
+    tfjob_work_root: str = ""  # gs:// prefix (or a path on the PVC) the TFJob workers write the model to
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     data: str = "data/sample"  # folder (or gs:// prefix) of labelled images: Kaggle or class-per-folder layout
     serving_root: str = "models"  # TF Serving's model base: pushed versions go to <serving_root>/<model_name>/<n>/
@@ -44,6 +74,7 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     push: PushConfig = field(default_factory=PushConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 def to_dict(config: Any) -> dict[str, Any]:

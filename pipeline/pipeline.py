@@ -21,6 +21,8 @@ from radflow.components.ingest import component as ingest_component
 from radflow.components.push import component as push_component
 from radflow.components.train import component as train_component
 from radflow.components.validate import component as validate_component
+from radflow.pipeline import tfjob as tfjob_component
+from radflow.pipeline.cluster import apply_cluster_settings
 from radflow.pipeline.config import PipelineConfig, to_dict
 
 PIPELINE_NAME = "radflow"
@@ -62,6 +64,11 @@ def build_pipeline(config: PipelineConfig = PipelineConfig()) -> Callable:
         A @dsl.pipeline function: compile it, submit it, or call it under kfp.local.
     """
     c = build_components(config.image)
+    # Multi-node training: the train task launches a TFJob instead of training in its own pod.
+    multi_node = config.cluster.train_workers > 1
+    train_extra = {"cluster": to_dict(config.cluster), "image": config.image} if multi_node else {}
+    if multi_node:
+        c["train"] = dsl.component(tfjob_component.train, base_image=config.image, install_kfp_package=False)
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -81,13 +88,16 @@ def build_pipeline(config: PipelineConfig = PipelineConfig()) -> Callable:
         examples = ingest.outputs["examples"]
         validate = c["validate"](examples=examples, config=validate_config)
         balance = c["class_balance"](examples=examples, config=class_balance_config).after(validate)
-        train = c["train"](examples=examples, class_balance=balance.outputs["class_balance"], config=train_config)
+        train = c["train"](examples=examples, class_balance=balance.outputs["class_balance"], config=train_config,
+                           **train_extra)
         evaluate = c["evaluate"](model=train.outputs["model"], examples=examples, config=evaluate_config)
         push = c["push"](model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"],
                          serving_root=serving_root, config=push_config)
         # New data can arrive under unchanged parameters: never answer ingest or train from cache.
         ingest.set_caching_options(False)
         train.set_caching_options(False)
+        apply_cluster_settings({"ingest": ingest, "validate": validate, "class_balance": balance, "train": train,
+                                "evaluate": evaluate, "push": push}, config.cluster, tfjob=multi_node)
         return Outputs(examples=examples, evaluation=evaluate.outputs["evaluation"], pushed=push.outputs["pushed"])
 
     return radflow

@@ -145,6 +145,78 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kfp_client(host: str):
+    import warnings
+
+    import kfp
+
+    with warnings.catch_warnings():  # "only works with KFP v2.0.0-beta.2 and later": ours is later
+        warnings.simplefilter("ignore", FutureWarning)
+        return kfp.Client(host=host)
+
+
+def _compiled(args: argparse.Namespace, tmp: str):
+    """The config and the pipeline compiled from it, with the --param items as run parameters."""
+    from radflow.pipeline.compile import compile_pipeline
+    from radflow.pipeline.config import load_config
+    from radflow.pipeline.submit import parse_params
+
+    config = load_config(args.config)
+    params = parse_params(args.param, config)
+    return compile_pipeline(config, os.path.join(tmp, "radflow.yaml")), params
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from radflow.pipeline.submit import RunFailed, pod_reader, run_url, submit, wait_for_run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        package, params = _compiled(args, tmp)
+        client = _kfp_client(args.host)
+        run_id = submit(client, package, params, args.experiment, args.run_name, args.pipeline_root,
+                        args.service_account)
+    print(f"run id: {run_id}")
+    print(f"run: {run_url(args.host, run_id)}")
+    if not args.wait:
+        return 0
+    try:
+        wait_for_run(client, run_id, args.timeout, unschedulable_after_s=args.unschedulable_after,
+                     read_pod=pod_reader(args.namespace), on_change=lambda line: print(f"  {line}", flush=True))
+    except (RunFailed, TimeoutError) as err:
+        print(f"radflow submit: {err}", file=sys.stderr)
+        return 1
+    print(f"run {run_id} succeeded")
+    return 0
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from radflow.pipeline.schedule import delete_schedule, list_schedules, schedule
+
+    client = _kfp_client(args.host)
+    if args.list:
+        for r in list_schedules(client):
+            cron = r.trigger.cron_schedule.cron if r.trigger and r.trigger.cron_schedule else "-"
+            print(f"{r.display_name}\t{cron}\t{r.status or r.mode}\t{r.recurring_run_id}")
+        return 0
+    if args.delete:
+        print(f"deleted {delete_schedule(client, args.delete)} recurring run(s) named {args.delete!r}")
+        return 0
+    if not args.cron:
+        print("radflow schedule: error: --cron is required to create a schedule (or use --list / --delete NAME)",
+              file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        package, params = _compiled(args, tmp)
+        r = schedule(client, package, args.name, args.cron, params, args.experiment, args.pipeline_root,
+                     args.service_account)
+    print(f"recurring run {r.display_name!r} ({r.recurring_run_id}): cron '{args.cron}', one run at a time, "
+          "no catch-up")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="radflow", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -232,6 +304,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help="a train output")
     p.add_argument("blessing", metavar="BLESSING", help="an evaluate output holding blessing.json")
     p.add_argument("serving_root", metavar="SERVING_ROOT", help="TF Serving model base directory or gs:// prefix")
+
+    def with_kfp(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
+        p.add_argument("--experiment", default="radflow", help="KFP experiment (created if missing)")
+        p.add_argument("--param", action="append", default=[], metavar="K=V",
+                       help="run parameter: data=..., serving_root=..., or <stage>.<field>=<YAML value> "
+                            "(e.g. train.epochs=10); repeatable")
+        p.add_argument("--pipeline-root", help="where the run's artifacts go, e.g. gs://bucket/runs "
+                       "(default: the KFP deployment's)")
+        p.add_argument("--service-account", help="Kubernetes service account of the steps "
+                       "(default: KFP's pipeline-runner)")
+        return p
+
+    p = with_config(with_kfp(add("submit", cmd_submit, "compile the pipeline and run it on a KFP cluster",
+                                 "Compiles the pipeline (cluster settings from the config's `cluster:` section),\n"
+                                 "submits a run, and prints its id and UI link. --wait follows it to the end and\n"
+                                 "exits 1 naming the step that failed and why, including a step no node can take.\n\n"
+                                 "example: radflow submit --host http://localhost:8080 --param data=gs://b/x --wait")))
+    p.add_argument("--run-name", help="run display name (default: radflow <UTC time>)")
+    p.add_argument("--wait", action="store_true", help="follow the run; exit non-zero unless it succeeds")
+    p.add_argument("--timeout", type=float, default=86400, help="--wait gives up after this many seconds")
+    p.add_argument("--unschedulable-after", type=float, default=900,
+                   help="--wait fails a step that no node could take for this many seconds (default 900)")
+    p.add_argument("--namespace", default="kubeflow", help="namespace of the run's pods, read through the "
+                   "local kubeconfig when there is one (default kubeflow)")
+
+    p = with_config(with_kfp(add("schedule", cmd_schedule, "scheduled retraining: recurring runs on a KFP cluster",
+                                 "Creates a recurring run (one run at a time, no catch-up); an existing one of\n"
+                                 "the same name is replaced. --list shows them, --delete NAME removes one.\n\n"
+                                 "example: radflow schedule --host http://localhost:8080 --cron '0 0 3 * * 0'")))
+    p.add_argument("--cron", help="six fields, seconds first: '0 0 3 * * 0' is Sundays at 03:00")
+    p.add_argument("--name", default="radflow-retrain", help="schedule name (default radflow-retrain)")
+    p.add_argument("--list", action="store_true", help="list the recurring runs")
+    p.add_argument("--delete", metavar="NAME", help="delete the recurring run(s) of this name")
     return parser
 
 

@@ -1,0 +1,83 @@
+"""Kubernetes settings of the pipeline's tasks: resources, GPU placement, storage, retries, deadlines.
+
+Everything here lands in the compiled pipeline's resource requests and its `platforms.kubernetes`
+section, both of which kfp.local ignores, so one pipeline function serves local runs and clusters.
+
+    radflow compile --config cluster.yaml   # with a `cluster:` section, see ClusterConfig
+"""
+
+from __future__ import annotations
+
+from kfp import kubernetes
+from kfp.dsl import PipelineTask
+
+from radflow.pipeline.config import ClusterConfig
+
+CREDENTIALS_FILE = "key.json"  # the key inside credentials_secret
+LAUNCHER_GRACE_S = 600  # a TFJob launcher's deadline beyond its job's
+
+
+def parse_label(text: str) -> tuple[str, str]:
+    """`key=value` -> (key, value).
+
+    Raises:
+        ValueError: no `=` or an empty key.
+    """
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"node label {text!r}: expected key=value, e.g. cloud.google.com/gke-accelerator=nvidia-l4")
+    return key, value
+
+
+def parse_toleration(text: str) -> dict[str, str]:
+    """`key[=value]:effect` (kubectl's taint syntax) -> a Kubernetes toleration.
+
+    A toleration without a value matches the key with any value (operator Exists).
+
+    Raises:
+        ValueError: the effect is missing or not one Kubernetes knows.
+    """
+    taint, sep, effect = text.rpartition(":")
+    if not sep or effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute") or not taint:
+        raise ValueError(f"toleration {text!r}: expected key[=value]:NoSchedule|PreferNoSchedule|NoExecute")
+    key, has_value, value = taint.partition("=")
+    if has_value:
+        return {"key": key, "operator": "Equal", "value": value, "effect": effect}
+    return {"key": key, "operator": "Exists", "effect": effect}
+
+
+def apply_cluster_settings(tasks: dict[str, PipelineTask], config: ClusterConfig, tfjob: bool = False) -> None:
+    """Sets requests, placement, storage, retries and deadlines on the pipeline's tasks.
+
+    Args:
+        tasks: stage name -> task.
+        config: the cluster settings.
+        tfjob: train only launches a TFJob, whose workers hold the GPUs; its own pod stays small.
+
+    Raises:
+        ValueError: a malformed node label or toleration, or an unsupported GPU count.
+    """
+    for name, task in tasks.items():
+        trains_here = name == "train" and not tfjob
+        cpu, memory = (config.train_cpu, config.train_memory) if trains_here else (config.cpu, config.memory)
+        task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
+        if trains_here and config.gpus > 0:
+            task.set_accelerator_type(config.accelerator).set_accelerator_limit(config.gpus)
+            for label in config.gpu_node_selector:
+                kubernetes.add_node_selector(task, *parse_label(label))
+            for toleration in config.gpu_tolerations:
+                kubernetes.add_toleration(task, **parse_toleration(toleration))
+        if name in config.retry_stages and config.retries > 0:
+            task.set_retry(num_retries=config.retries, backoff_duration="60s", backoff_factor=2.0)
+        timeout = config.timeout_s
+        if name == "train":
+            # A launcher outlives its TFJob's own deadline, so the job's failure reason is what surfaces.
+            timeout = config.train_timeout_s + (LAUNCHER_GRACE_S if tfjob else 0)
+        kubernetes.set_timeout(task, timeout)
+        if config.pvc:
+            kubernetes.mount_pvc(task, pvc_name=config.pvc, mount_path=config.pvc_mount_path)
+        if config.credentials_secret:
+            kubernetes.use_secret_as_volume(task, secret_name=config.credentials_secret,
+                                            mount_path=config.credentials_mount_path)
+            task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS",
+                                  f"{config.credentials_mount_path}/{CREDENTIALS_FILE}")
