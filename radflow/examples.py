@@ -45,6 +45,19 @@ NEAR_BLACK_FRACTION = "near_black_fraction"  # share of pixels <= NEAR_BLACK
 NEAR_WHITE_FRACTION = "near_white_fraction"  # share of pixels >= NEAR_WHITE
 NEAR_BLACK, NEAR_WHITE = 5, 250
 
+# Allow-listed DICOM header fields (see radflow.dicom.ALLOWED_HEADER_FIELDS) stored per image, "" for
+# other formats. BitsStored, also allow-listed, is stored as BIT_DEPTH. No other header field is written.
+DICOM_MODALITY = "dicom_modality"
+DICOM_PHOTOMETRIC = "dicom_photometric_interpretation"
+DICOM_VIEW_POSITION = "dicom_view_position"
+DICOM_BODY_PART = "dicom_body_part_examined"
+HEADER_FEATURES = {
+    "Modality": DICOM_MODALITY,
+    "PhotometricInterpretation": DICOM_PHOTOMETRIC,
+    "ViewPosition": DICOM_VIEW_POSITION,
+    "BodyPartExamined": DICOM_BODY_PART,
+}
+
 # The scalar features, as TFDV and the schema see them.
 SCALAR_FEATURES = {
     LABEL: tf.int64,
@@ -77,6 +90,7 @@ class ImageFeatures:
         patient_key: keyed hash of the patient id ("" when unknown).
         mean, std, p05, p50, p95: intensity statistics of the source pixels on a 0-255 scale.
         near_black, near_white: share of source pixels <= NEAR_BLACK and >= NEAR_WHITE.
+        header: allow-listed DICOM header fields (keys of HEADER_FEATURES); empty for other formats.
     """
 
     orig_height: int
@@ -91,12 +105,16 @@ class ImageFeatures:
     p95: float = 0.0
     near_black: float = 0.0
     near_white: float = 0.0
+    header: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def measure(
-        cls, pixels: np.ndarray, source_format: str, bit_depth: int = 8, patient_key: str = ""
+        cls, pixels: np.ndarray, source_format: str, bit_depth: int = 8, patient_key: str = "",
+        header: dict[str, str] | None = None,
     ) -> ImageFeatures:
         """Measures decoded source pixels (H, W, C), scaled to 0-255 whatever their dtype."""
+        if pixels.dtype == np.uint8:
+            return cls._measure_uint8(pixels, source_format, bit_depth, patient_key, header or {})
         scaled = pixels.astype(np.float32) * (255.0 / np.iinfo(pixels.dtype).max if pixels.dtype != np.uint8 else 1.0)
         p05, p50, p95 = np.percentile(scaled, [5, 50, 95])
         return cls(
@@ -112,6 +130,40 @@ class ImageFeatures:
             p95=float(p95),
             near_black=float((scaled <= NEAR_BLACK).mean()),
             near_white=float((scaled >= NEAR_WHITE).mean()),
+            header=dict(header or {}),
+        )
+
+    @classmethod
+    def _measure_uint8(
+        cls, pixels: np.ndarray, source_format: str, bit_depth: int, patient_key: str, header: dict[str, str]
+    ) -> ImageFeatures:
+        """`measure` for uint8 pixels from a 256-bin histogram: the same values as np.percentile's
+        linear interpolation, without sorting a megapixel image (ingest measures every image)."""
+        hist = np.bincount(pixels.ravel(), minlength=256).astype(np.float64)
+        n = hist.sum()
+        values = np.arange(256, dtype=np.float64)
+        cum = np.cumsum(hist)
+        mean = float(hist @ values / n)
+
+        def percentile(q: float) -> float:
+            rank = q / 100 * (n - 1)
+            lo, hi = np.searchsorted(cum, [np.floor(rank), np.ceil(rank)], side="right")
+            return float(lo + (hi - lo) * (rank - np.floor(rank)))
+
+        return cls(
+            orig_height=int(pixels.shape[0]),
+            orig_width=int(pixels.shape[1]),
+            source_format=source_format,
+            bit_depth=bit_depth,
+            patient_key=patient_key,
+            mean=mean,
+            std=float(np.sqrt(hist @ (values - mean) ** 2 / n)),
+            p05=percentile(5),
+            p50=percentile(50),
+            p95=percentile(95),
+            near_black=float(hist[: NEAR_BLACK + 1].sum() / n),
+            near_white=float(hist[NEAR_WHITE:].sum() / n),
+            header=dict(header),
         )
 
 
@@ -124,12 +176,26 @@ class DatasetMetadata:
         image_size: height and width of the stored pixels.
         channels: 1 for grayscale.
         counts: split -> label name -> number of examples.
+        resize_policy: how sources became squares: "pad" (standardize's padding) or "crop" (centre
+            square first); serving must apply the same policy.
+        input_fingerprint: sha256 over the inputs' relative paths and content hashes.
+        layout: the source layout ingest recognised ("kaggle", "class_per_folder", "manifest").
+        states: input state -> number of inputs (ingested, quarantined, duplicate).
+        quarantine_reasons: reason -> number of quarantined inputs.
+        patient_key_id: a fingerprint of the patient-key secret (never the secret): equal ids mean
+            patient keys of two ingests can be joined.
     """
 
     label_names: tuple[str, ...]
     image_size: int
     channels: int = 1
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    resize_policy: str = "pad"
+    input_fingerprint: str = ""
+    layout: str = ""
+    states: dict[str, int] = field(default_factory=dict)
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    patient_key_id: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -149,12 +215,19 @@ class DatasetMetadata:
             image_size=int(raw["image_size"]),
             channels=int(raw["channels"]),
             counts={s: {k: int(v) for k, v in c.items()} for s, c in raw["counts"].items()},
+            resize_policy=raw.get("resize_policy", "pad"),
+            input_fingerprint=raw.get("input_fingerprint", ""),
+            layout=raw.get("layout", ""),
+            states={k: int(v) for k, v in raw.get("states", {}).items()},
+            quarantine_reasons={k: int(v) for k, v in raw.get("quarantine_reasons", {}).items()},
+            patient_key_id=raw.get("patient_key_id", ""),
         )
 
 
 def feature_spec(metadata: DatasetMetadata) -> dict[str, tf.io.FixedLenFeature]:
     """The parsing spec for one serialized example."""
     spec = {key: tf.io.FixedLenFeature([], dtype) for key, dtype in SCALAR_FEATURES.items()}
+    spec.update({key: tf.io.FixedLenFeature([], tf.string, default_value="") for key in HEADER_FEATURES.values()})
     spec[IMAGE] = tf.io.FixedLenFeature([], tf.string)
     return spec
 
@@ -185,6 +258,9 @@ def make_example(pixels: np.ndarray, label: int, label_name: str, info: ImageFea
     """
     if pixels.dtype != np.uint8 or pixels.ndim != 3:
         raise ValueError(f"pixels must be uint8 HxWxC, got {pixels.dtype} {pixels.shape}")
+    disallowed = set(info.header) - set(HEADER_FEATURES)
+    if disallowed:  # defence in depth: only allow-listed header fields may reach an example
+        raise ValueError(f"header fields {sorted(disallowed)} are not allow-listed: {sorted(HEADER_FEATURES)}")
     features = {
         IMAGE: _bytes(pixels.tobytes()),
         LABEL: _int(label),
@@ -202,6 +278,7 @@ def make_example(pixels: np.ndarray, label: int, label_name: str, info: ImageFea
         P95_INTENSITY: _float(info.p95),
         NEAR_BLACK_FRACTION: _float(info.near_black),
         NEAR_WHITE_FRACTION: _float(info.near_white),
+        **{key: _bytes(info.header.get(name, "").encode()) for name, key in HEADER_FEATURES.items()},
     }
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
 

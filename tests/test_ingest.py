@@ -1,24 +1,45 @@
+"""ingest: layouts, formats, splits, accounting and privacy, on small files written here."""
+
 import csv
+import io
 import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
+from pydicom.uid import JPEG2000Lossless
+from test_dicom import IDENTIFYING, make_dicom
 
+from radflow import dicom
 from radflow import examples as ex
 from radflow.components.ingest.config import IngestConfig
 from radflow.components.ingest.ingest import (
+    CLASS_PER_FOLDER,
     DUPLICATE,
     INGESTED,
+    KAGGLE,
+    MANIFEST,
     MANIFEST_COLUMNS,
     QUARANTINED,
+    SourceFile,
+    assign_split,
+    class_share_gaps,
+    decode_file,
     ingest,
+    key_id,
     list_sources,
     patient_id,
     read_manifest,
+    resolve_patient_key_secret,
     split_fraction,
 )
+from radflow.preprocessing import decode_image, standardize
+
+# In-process Beam for the small runs below; the session fixture `examples_dir` runs the default
+# multi-processing DirectRunner.
+FAST = ("--direct_running_mode=in_memory",)
+SECRET = "test-secret-not-for-production"
 
 
 @pytest.mark.parametrize(
@@ -28,7 +49,7 @@ from radflow.components.ingest.ingest import (
         ("person12_virus_40.jpeg", "person12"),
         ("IM-0115-0001.jpeg", "IM-0115"),
         ("NORMAL2-IM-0200-0001.jpeg", "NORMAL2-IM-0200"),
-        ("scan_17.png", "scan_17"),  # no patient key: its own group
+        ("scan_17.png", ""),  # no patient in the name: the file becomes its own group
     ],
 )
 def test_patient_id_from_kaggle_names(name, expected):
@@ -43,87 +64,335 @@ def test_split_fraction_is_stable_and_seeded():
     assert abs(np.mean(values) - 0.5) < 0.03
 
 
-def _write(path, pixels):
+def _patients(n, seed=7):
+    """n patients with a ~1:3 class mix."""
+    rng = np.random.default_rng(seed)
+    return [(f"patient{i}", "NORMAL" if rng.random() < 0.25 else "PNEUMONIA") for i in range(n)]
+
+
+def test_splits_are_stable_when_files_are_added():
+    config = IngestConfig(val_fraction=0.1, test_fraction=0.15)
+    before = {p: assign_split(p, {""}, config) for p, _ in _patients(3000)}
+    after = {p: assign_split(p, {""}, config) for p, _ in _patients(4500)}  # 1500 patients more
+    assert all(after[p] == s for p, s in before.items())
+
+
+def test_split_fractions_and_class_shares_stay_within_a_few_points():
+    config = IngestConfig(val_fraction=0.1, test_fraction=0.15)
+    counts = {s: {"NORMAL": 0, "PNEUMONIA": 0} for s in ex.SPLITS}
+    for p, label in _patients(4000):
+        counts[assign_split(p, {""}, config)][label] += 1
+    sizes = {s: sum(c.values()) / 4000 for s, c in counts.items()}
+    assert abs(sizes["test"] - 0.15) < 0.02 and abs(sizes["val"] - 0.085) < 0.02  # val: 10% of non-test
+    assert max(class_share_gaps(counts).values()) < 0.03
+
+
+def test_class_share_gap_by_hand():
+    counts = {"train": {"A": 30, "B": 70}, "val": {"A": 10, "B": 10}, "test": {"A": 0, "B": 0}}
+    gaps = class_share_gaps(counts)  # whole set: A = 40/120 = 1/3
+    assert gaps["train"] == pytest.approx(1 / 30) and gaps["val"] == pytest.approx(0.5 - 1 / 3)
+    assert "test" not in gaps
+
+
+@pytest.mark.parametrize(
+    "mode, official, expected",
+    [
+        ("merge_val", {"test", "train"}, "test"),  # any official test image makes a test patient
+        ("merge_val", {"val"}, {"train", "val"}),  # official val joins the carve-out pool
+        ("keep", {"val", "train"}, "val"),
+        ("keep", {"train"}, "train"),
+    ],
+)
+def test_official_splits_modes(mode, official, expected):
+    config = IngestConfig(official_splits=mode, val_fraction=0.5)
+    got = {assign_split(f"p{i}", official, config) for i in range(50)}
+    assert got == ({expected} if isinstance(expected, str) else expected)
+
+
+def test_resplit_ignores_official_splits():
+    config = IngestConfig(official_splits="resplit", test_fraction=0.3, val_fraction=0.3)
+    assert {assign_split(f"p{i}", {"test"}, config) for i in range(200)} == {"train", "val", "test"}
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _write(path, data: bytes):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(pixels).save(path)
+    with open(path, "wb") as f:
+        f.write(data)
 
 
-def _kaggle_tree(root, rng):
-    """6 NORMAL + 6 PNEUMONIA patients in train (2 images each), 2 + 2 in test, one bad file, one duplicate."""
-    for split, offset, n in (("train", 0, 6), ("test", 100, 2)):
-        for p in range(offset, offset + n):
-            for k in range(2):
-                _write(f"{root}/{split}/NORMAL/IM-{p:04d}-{k:04d}.jpeg", rng.integers(0, 255, (40, 30), np.uint8))
-                _write(f"{root}/{split}/PNEUMONIA/person{p}_virus_{k}.jpeg", rng.integers(0, 255, (30, 40), np.uint8))
-    with open(f"{root}/train/NORMAL/IM-0900-0001.jpeg", "w") as f:
-        f.write("<html>not an image</html>")
-    with open(f"{root}/train/PNEUMONIA/person0_virus_0.jpeg", "rb") as f, \
-            open(f"{root}/train/PNEUMONIA/person0_virus_9.jpeg", "wb") as g:
-        g.write(f.read())
+def _jpeg(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
 
 
-def test_kaggle_layout_keeps_official_test_and_never_splits_a_patient(tmp_path):
-    _kaggle_tree(str(tmp_path), np.random.default_rng(0))
-    files, labels = list_sources(str(tmp_path), IngestConfig(val_fraction=0.5))
-    assert labels == ("NORMAL", "PNEUMONIA")
-    assert {f.split for f in files if "/test/" in f.path} == {"test"}
+def _image(rng, h=40, w=48):
+    return rng.integers(0, 255, (h, w), np.uint8)
+
+
+def _kaggle_tree(root: str) -> dict[str, str]:
+    """A Kaggle-layout tree with every format and every bad-file reason; returns path -> expected outcome.
+
+    A parent folder named after a person stands in for paths that carry names.
+    """
+    rng = np.random.default_rng(0)
+    expect = {}
+
+    def put(rel, data, outcome):
+        _write(f"{root}/{rel}", data)
+        expect[f"{root}/{rel}"] = outcome
+
+    for p in range(6):  # train: 6 NORMAL + 6 PNEUMONIA patients, 2 images each
+        for k in range(2):
+            put(f"train/NORMAL/IM-{p:04d}-{k:04d}.jpeg", _jpeg(_image(rng)), INGESTED)
+            put(f"train/PNEUMONIA/person{p}_virus_{k}.png", _png(_image(rng)), INGESTED)
+    for p in range(100, 103):
+        put(f"test/NORMAL/IM-{p:04d}-0001.jpeg", _jpeg(_image(rng)), INGESTED)
+        put(f"test/PNEUMONIA/person{p}_bacteria_1.jpeg", _jpeg(_image(rng)), INGESTED)
+    put("val/NORMAL/IM-0500-0001.jpeg", _jpeg(_image(rng)), INGESTED)
+    # 16-bit PNG; DICOM: 12-bit MONOCHROME2, MONOCHROME1, JPEG 2000 lossless; identifying headers.
+    put("train/PNEUMONIA/person20_virus_1.png", _png(_image(rng).astype(np.uint16) * 257), INGESTED)
+    ramp = (np.arange(64 * 64, dtype=np.uint16) % 4096).reshape(64, 64)
+    put("train/NORMAL/Jane_Doe_study/a.dcm", make_dicom(ramp, PatientID="PID-A"), INGESTED)
+    put("train/NORMAL/Jane_Doe_study/b.dcm", make_dicom(4095 - ramp, "MONOCHROME1", PatientID="PID-A",
+                                                         WindowCenter=1500, WindowWidth=2000), INGESTED)
+    put("test/PNEUMONIA/c.dcm", make_dicom(ramp[::-1].copy(), transfer_syntax=JPEG2000Lossless, PatientID="PID-C"),
+        INGESTED)
+    # Bad files, one per reason.
+    good = _jpeg(_image(rng))
+    put("train/NORMAL/IM-0900-0001.jpeg", b"<html>not an image</html>", "not an image")
+    put("train/NORMAL/IM-0901-0001.jpeg", good[: len(good) // 2], "truncated")
+    put("train/NORMAL/IM-0902-0001.tiff", _tiff(_image(rng)), "unsupported format")
+    put("train/NORMAL/IM-0903-0001.jpeg", _jpeg(_image(rng, 12, 40)), "too small")
+    put("train/NORMAL/multi.dcm", make_dicom(np.zeros((2, 16, 16), np.uint16)), "multi-frame")
+    put("train/COVID19/IM-0904-0001.jpeg", _jpeg(_image(rng)), "unknown class")
+    # Duplicates: one within a patient, and one train image copied under test as another patient: the
+    # first copy by path (test/ sorts before train/) is kept, the train one is a cross-split duplicate.
+    with open(f"{root}/train/PNEUMONIA/person1_virus_0.png", "rb") as f:
+        put("train/PNEUMONIA/person1_virus_9.png", f.read(), DUPLICATE)
+    with open(f"{root}/train/PNEUMONIA/person0_virus_0.png", "rb") as f:
+        put("test/PNEUMONIA/person50_virus_1.png", f.read(), INGESTED)
+    expect[f"{root}/train/PNEUMONIA/person0_virus_0.png"] = DUPLICATE
+    return expect
+
+
+def _tiff(pixels) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="TIFF")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def kaggle_run(tmp_path_factory):
+    """One ingest of the mixed Kaggle tree, with labels fixed by config (COVID19 is not among them)."""
+    root = tmp_path_factory.mktemp("kaggle")
+    src, out = str(root / "chest_xray"), str(root / "out")
+    expect = _kaggle_tree(src)
+    config = IngestConfig(image_size=16, min_side=16, val_fraction=0.3, labels=("NORMAL", "PNEUMONIA"),
+                          max_quarantined_fraction=0.3, patient_key_secret=SECRET, beam_args=FAST)
+    return src, out, expect, ingest(src, out, config)
+
+
+def test_every_input_ends_in_exactly_one_state(kaggle_run):
+    src, out, expect, result = kaggle_run
+    rows = read_manifest(out)
+    n_inputs = sum(len(files) for _, _, files in os.walk(src))
+    assert len(rows) == n_inputs == len(expect) == result.total
+    assert sorted(r["path"] for r in rows) == sorted(expect)  # each input once
+    for r in rows:
+        outcome = expect[r["path"]]
+        if outcome in (INGESTED, DUPLICATE):
+            assert r["state"] == outcome, r
+        else:
+            assert r["state"] == QUARANTINED and r["reason"].split(":")[0].startswith(outcome), r
+    assert result.states == {INGESTED: 35, QUARANTINED: 6, DUPLICATE: 2}
+    assert result.reasons == {"not an image": 1, "truncated": 1, "unsupported format": 1, "too small": 1,
+                              "multi-frame": 1, "unknown class 'COVID19'": 1}
+    with open(os.path.join(out, ex.MANIFEST_FILE)) as f:
+        assert tuple(next(csv.reader(f))) == MANIFEST_COLUMNS
+    metadata = ex.read_metadata(out)
+    assert sum(metadata.split_size(s) for s in ex.SPLITS) == result.states[INGESTED]
+    assert metadata.states == result.states and metadata.layout == KAGGLE
+    assert metadata.resize_policy == "pad" and len(metadata.input_fingerprint) == 64
+
+
+def test_duplicates_are_ingested_once_and_cross_split_ones_reported(kaggle_run):
+    _, out, _, _ = kaggle_run
+    dups = {os.path.basename(r["path"]): r["reason"] for r in read_manifest(out) if r["state"] == DUPLICATE}
+    assert set(dups) == {"person1_virus_9.png", "person0_virus_0.png"}
+    assert "person1_virus_0.png" in dups["person1_virus_9.png"] and "cross-split" not in dups["person1_virus_9.png"]
+    assert "person50_virus_1.png" in dups["person0_virus_0.png"]
+    assert "cross-split: kept in test, would be in " in dups["person0_virus_0.png"]
+
+
+def test_kaggle_splits_keep_official_test_and_never_split_a_patient(kaggle_run):
+    src, out, _, _ = kaggle_run
+    rows = [r for r in read_manifest(out) if r["state"] == INGESTED]
+    assert {r["split"] for r in rows if "/test/" in r["path"]} == {"test"}
+    assert {r["split"] for r in rows if "/train/" in r["path"] or "/val/" in r["path"]} == {"train", "val"}
     splits_of = {}
-    for f in files:
-        splits_of.setdefault(f.patient_id, set()).add(f.split)
+    for r in rows:
+        splits_of.setdefault(r["patient_key"], set()).add(r["split"])
     assert all(len(s) == 1 for s in splits_of.values())
-    assert {f.split for f in files if "/train/" in f.path} == {"train", "val"}
+    dicom_keys = {r["patient_key"] for r in rows if "Jane_Doe_study" in r["path"]}
+    assert len(dicom_keys) == 1  # both DICOM files of PatientID PID-A group together
+    assert dicom_keys == {_key("PID-A")}
 
 
-def test_class_per_folder_layout(tmp_path):
+def _key(patient):
+    from radflow.components.ingest.ingest import patient_key
+
+    return patient_key(patient, SECRET)
+
+
+def _all_examples(out):
+    metadata = ex.read_metadata(out)
+    records = [r for s in ex.SPLITS for f in ex.split_files(out, s) for r in tf.data.TFRecordDataset(f)]
+    return metadata, [tf.train.Example.FromString(r.numpy()) for r in records], b"".join(
+        open(f, "rb").read() for s in ex.SPLITS for f in ex.split_files(out, s))
+
+
+def test_privacy_only_allow_listed_headers_and_no_paths_reach_the_examples(kaggle_run):
+    src, out, expect, _ = kaggle_run
+    metadata, examples, raw = _all_examples(out)
+    allowed_keys = set(ex.SCALAR_FEATURES) | set(ex.HEADER_FEATURES.values()) | {ex.IMAGE}
+    for e in examples:
+        assert set(e.features.feature) <= allowed_keys
+    for secret_value in [*IDENTIFYING.values(), "PID-A", "PID-C", "Jane_Doe", SECRET]:
+        assert secret_value.encode() not in raw, secret_value
+    for path in expect:
+        assert os.path.basename(path).encode() not in raw and os.path.relpath(path, src).encode() not in raw
+    assert b"person" not in raw and b"IM-0" not in raw and src.encode() not in raw
+    assert SECRET not in open(os.path.join(out, ex.METADATA_FILE)).read()
+    assert metadata.patient_key_id == key_id(SECRET)
+    views = [e.features.feature[ex.DICOM_VIEW_POSITION].bytes_list.value[0] for e in examples]
+    assert views.count(b"PA") == 3 and views.count(b"") == len(examples) - 3
+
+
+def _by_format(examples):
+    out = {}
+    for e in examples:
+        f = e.features.feature
+        out.setdefault(f[ex.SOURCE_FORMAT].bytes_list.value[0].decode(), []).append(f)
+    return out
+
+
+def test_each_format_is_ingested_with_its_bit_depth(kaggle_run):
+    _, examples, _ = _all_examples(kaggle_run[1])
+    formats = _by_format(examples)
+    assert {k: len(v) for k, v in formats.items()} == {"JPEG": 19, "PNG": 13, "DICOM": 3}
+    png_depths = sorted(f[ex.BIT_DEPTH].int64_list.value[0] for f in formats["PNG"])
+    assert png_depths == [8] * 12 + [16]
+    assert {f[ex.BIT_DEPTH].int64_list.value[0] for f in formats["DICOM"]} == {12}
+    for f in formats["DICOM"]:
+        assert 0 <= f[ex.P05_INTENSITY].float_list.value[0] <= f[ex.P95_INTENSITY].float_list.value[0] <= 255
+        assert f[ex.DICOM_MODALITY].bytes_list.value[0] == b"CR"
+
+
+def test_dicom_ingest_equals_the_png_the_client_sends(tmp_path):
+    """Training == serving for DICOM: ingest's pixels equal standardize(decode_image(to_png(dicom)))."""
+    ramp = (np.arange(64 * 48, dtype=np.uint16) % 4096).reshape(64, 48)
+    data = make_dicom(ramp, "MONOCHROME1", WindowCenter=2000, WindowWidth=3000)
+    path = tmp_path / "x.dcm"
+    path.write_bytes(data)
+    decoded = decode_file(SourceFile(str(path), "A"), ("A",), 32, 1, SECRET)
+    assert not decoded.reason
+    stored = tf.train.Example.FromString(decoded.example).features.feature[ex.IMAGE].bytes_list.value[0]
+    served = standardize(decode_image(tf.constant(dicom.to_png(data)), 1), 32).numpy()
+    assert stored == served.tobytes()
+
+
+def test_sixteen_bit_png_reaches_uint8_as_the_server_decodes_it(tmp_path):
+    pixels = np.array([[0, 255, 256, 40000, 65535]], np.uint16).repeat(5, axis=0)
+    path = tmp_path / "x.png"
+    path.write_bytes(_png(pixels))
+    decoded = decode_file(SourceFile(str(path), "A"), ("A",), 5, 1)
+    f = tf.train.Example.FromString(decoded.example).features.feature
+    served = standardize(decode_image(tf.constant(path.read_bytes()), 1), 5).numpy()
+    assert f[ex.IMAGE].bytes_list.value[0] == served.tobytes()
+    assert list(served[0, :, 0]) == [0, 0, 1, 156, 255]  # value >> 8
+    assert f[ex.BIT_DEPTH].int64_list.value[0] == 16
+    assert f[ex.P95_INTENSITY].float_list.value[0] == pytest.approx(255)
+
+
+def test_centre_crop_policy_and_three_channels(tmp_path):
+    pixels = np.zeros((20, 40), np.uint8)
+    pixels[:, 10:30] = 200  # the centre square is all 200; the sides are black
+    path = tmp_path / "x.png"
+    path.write_bytes(_png(pixels))
+    cropped = decode_file(SourceFile(str(path), "A"), ("A",), 10, 3, resize_policy="crop")
+    padded = decode_file(SourceFile(str(path), "A"), ("A",), 10, 3, resize_policy="pad")
+    image = lambda d: np.frombuffer(  # noqa: E731
+        tf.train.Example.FromString(d.example).features.feature[ex.IMAGE].bytes_list.value[0], np.uint8)
+    assert image(cropped).size == 10 * 10 * 3 and set(image(cropped)) == {200}
+    assert 0 in set(image(padded))
+
+
+def test_image_features_histogram_path_matches_numpy():
+    pixels = np.random.default_rng(3).integers(0, 256, (37, 23, 1), np.uint8)
+    info = ex.ImageFeatures.measure(pixels, "PNG")
+    flat = pixels.astype(np.float64).ravel()
+    assert [info.p05, info.p50, info.p95] == pytest.approx(list(np.percentile(flat, [5, 50, 95])))
+    assert info.mean == pytest.approx(flat.mean()) and info.std == pytest.approx(flat.std())
+    assert info.near_black == pytest.approx((flat <= ex.NEAR_BLACK).mean())
+    assert info.near_white == pytest.approx((flat >= ex.NEAR_WHITE).mean())
+
+
+def test_class_per_folder_multi_class_layout(tmp_path):
     rng = np.random.default_rng(0)
     for c in ("glioma", "no_tumor", "meningioma"):
         for i in range(20):
-            _write(f"{tmp_path}/{c}/img{i}.png", rng.integers(0, 255, (20, 20), np.uint8))
-    files, labels = list_sources(str(tmp_path), IngestConfig(test_fraction=0.2, val_fraction=0.2))
-    assert labels == ("glioma", "meningioma", "no_tumor")
-    assert {f.split for f in files} == {"train", "val", "test"}
+            _write(f"{tmp_path}/{c}/img{i}.png", _png(_image(rng, 20, 20)))
+    _write(f"{tmp_path}/loose.png", _png(_image(rng, 20, 20)))  # no class folder
+    listing = list_sources(str(tmp_path), IngestConfig())
+    assert listing.layout == CLASS_PER_FOLDER
+    assert listing.labels == ("glioma", "meningioma", "no_tumor")
+    assert {f.split for f in listing.files} == {""}  # no official splits: all by patient hash
+    assert next(f for f in listing.files if f.path.endswith("loose.png")).label == ""
 
 
-def test_ingest_accounts_for_every_input(tmp_path):
-    src, out = str(tmp_path / "src"), str(tmp_path / "out")
-    _kaggle_tree(src, np.random.default_rng(0))
-    result = ingest(src, out, IngestConfig(image_size=16, val_fraction=0.3))
+def test_manifest_source_with_patients_and_splits(tmp_path):
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(12):
+        label = "tumour" if i % 2 else "no_tumour"
+        _write(f"{tmp_path}/images/{i}.png", _png(_image(rng, 32, 32)))
+        rows.append((f"images/{i}.png", label, f"pat{i // 2}", "test" if i < 4 else ""))
+    rows.append(("images/missing.png", "tumour", "pat99", ""))
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("path", "label", "patient_id", "split"), *rows])
+    out = str(tmp_path / "out")
+    result = ingest(str(tmp_path / "labels.csv"), out,
+                    IngestConfig(image_size=16, min_side=16, labels=("no_tumour", "tumour"), val_fraction=0.3,
+                                 max_quarantined_fraction=0.1, patient_key_secret=SECRET, beam_args=FAST))
+    assert result.metadata.layout == MANIFEST and result.metadata.label_names == ("no_tumour", "tumour")
+    assert result.states == {INGESTED: 12, QUARANTINED: 1}
+    manifest = {os.path.basename(r["path"]): r for r in read_manifest(out)}
+    assert manifest["missing.png"]["reason"].startswith("unreadable")
+    assert {manifest[f"{i}.png"]["split"] for i in range(4)} == {"test"}
+    assert all(manifest[f"{i}.png"]["patient_key"] == _key(f"pat{i // 2}") for i in range(12))
 
-    rows = read_manifest(out)
-    n_inputs = sum(len(files) for _, _, files in os.walk(src))
-    assert len(rows) == n_inputs == result.total == 34
-    assert result.states == {INGESTED: 32, QUARANTINED: 1, DUPLICATE: 1}
-    assert result.reasons == {"not an image": 1}
-    with open(os.path.join(out, ex.MANIFEST_FILE)) as f:
-        assert tuple(next(csv.reader(f))) == MANIFEST_COLUMNS
-    bad = next(r for r in rows if r["path"].endswith("IM-0900-0001.jpeg"))
-    assert (bad["state"], bad["reason"]) == (QUARANTINED, "not an image")
-    dup = next(r for r in rows if r["state"] == DUPLICATE)
-    assert "person0_virus_0.jpeg" in dup["reason"] and dup["path"].endswith("person0_virus_9.jpeg")
 
-    metadata = ex.read_metadata(out)
-    assert metadata.label_names == ("NORMAL", "PNEUMONIA") and metadata.image_size == 16
-    assert sum(metadata.split_size(s) for s in ex.SPLITS) == 32
-    assert metadata.counts["test"] == {"NORMAL": 4, "PNEUMONIA": 4}
-    # Shards hold exactly the counted examples, each a 16x16x1 image with its label.
-    for split in ex.SPLITS:
-        batch = ex.concat_batches(ex.iter_split(out, split, metadata))
-        assert len(batch.get(ex.LABEL, [])) == metadata.split_size(split)
-        if batch:
-            assert batch[ex.IMAGE].shape[1:] == (16, 16, 1)
-            names = [metadata.label_names[i] for i in batch[ex.LABEL]]
-            assert names == [n.decode() for n in batch[ex.LABEL_NAME]]
+def test_manifest_without_label_column_is_refused(tmp_path):
+    (tmp_path / "m.csv").write_text("path,patient_id\na.png,p1\n")
+    with pytest.raises(ValueError, match="lacks column.*label"):
+        list_sources(str(tmp_path / "m.csv"), IngestConfig())
 
 
 def test_ingest_refuses_too_many_bad_files_and_publishes_no_metadata(tmp_path):
     src, out = tmp_path / "src", str(tmp_path / "out")
     rng = np.random.default_rng(0)
     for i in range(4):
-        _write(f"{src}/A/a{i}.png", rng.integers(0, 255, (8, 8), np.uint8))
-        (src / "B").mkdir(exist_ok=True)
-        (src / "B" / f"b{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    with pytest.raises(RuntimeError, match="quarantined"):
-        ingest(str(src), out, IngestConfig(image_size=8, max_quarantined_fraction=0.2))
+        _write(f"{src}/A/a{i}.png", _png(_image(rng, 8, 8)))
+        _write(f"{src}/B/b{i}.png", b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(RuntimeError, match="4 of 8 inputs .* quarantined"):
+        ingest(str(src), out, IngestConfig(image_size=8, min_side=8, max_quarantined_fraction=0.2, beam_args=FAST))
     assert not os.path.exists(os.path.join(out, ex.METADATA_FILE))
     with pytest.raises(FileNotFoundError, match="not a complete examples directory"):
         ex.read_metadata(out)
@@ -131,9 +400,45 @@ def test_ingest_refuses_too_many_bad_files_and_publishes_no_metadata(tmp_path):
     assert sum(r["state"] == QUARANTINED for r in rows) == 4 and len(rows) == 8
 
 
-def test_ingest_names_a_missing_source(tmp_path):
+def test_unreadable_sources_fail_at_once_naming_them(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         ingest(str(tmp_path / "nowhere"), str(tmp_path / "out"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty.*holds no files"):
+        ingest(str(tmp_path / "empty"), str(tmp_path / "out"))
+    if os.geteuid() != 0:  # root reads everything
+        locked = tmp_path / "locked"
+        (locked / "A").mkdir(parents=True)
+        locked.chmod(0)
+        try:
+            with pytest.raises(PermissionError, match="locked"):
+                ingest(str(locked), str(tmp_path / "out"))
+        finally:
+            locked.chmod(0o755)
+
+
+def test_patient_key_secret_is_resolved_at_run_time(tmp_path, monkeypatch):
+    monkeypatch.delenv("RADFLOW_PATIENT_KEY_SECRET", raising=False)
+    secret, source = resolve_patient_key_secret(IngestConfig())
+    assert source == "ephemeral" and len(secret) == 64
+    assert resolve_patient_key_secret(IngestConfig())[0] != secret  # a new key per run
+    with pytest.raises(ValueError, match="no patient key secret"):
+        resolve_patient_key_secret(IngestConfig(require_patient_key_secret=True))
+    assert resolve_patient_key_secret(IngestConfig(patient_key_secret="c")) == ("c", "config")
+    monkeypatch.setenv("RADFLOW_PATIENT_KEY_SECRET", "from-env")
+    assert resolve_patient_key_secret(IngestConfig(patient_key_secret="c")) == ("from-env", "env")
+    (tmp_path / "key").write_text("from-file\n")
+    assert resolve_patient_key_secret(IngestConfig(patient_key_secret_file=str(tmp_path / "key"))) == (
+        "from-file", "file")
+    with pytest.raises(FileNotFoundError, match="absent"):
+        resolve_patient_key_secret(IngestConfig(patient_key_secret_file=str(tmp_path / "absent")))
+
+
+def test_config_refuses_unknown_policies():
+    with pytest.raises(ValueError, match="resize_policy"):
+        IngestConfig(resize_policy="stretch")
+    with pytest.raises(ValueError, match="official_splits"):
+        IngestConfig(official_splits="whatever")
 
 
 def test_ingest_refuses_to_overwrite_a_finished_output(examples_dir, synth_dir):
@@ -142,8 +447,10 @@ def test_ingest_refuses_to_overwrite_a_finished_output(examples_dir, synth_dir):
 
 
 def test_synth_set_ingests_with_its_corrupt_files_quarantined(examples_dir, synth_dir):
+    """The session fixture runs the default multi-processing DirectRunner."""
     rows = read_manifest(examples_dir)
     quarantined = {os.path.relpath(r["path"], synth_dir) for r in rows if r["state"] == QUARANTINED}
     on_disk = sum(len(files) for _, _, files in tf.io.gfile.walk(synth_dir))
     assert len(rows) == on_disk
     assert len(quarantined) == 2
+    assert ex.read_metadata(examples_dir).layout == KAGGLE

@@ -4,18 +4,47 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+RESIZE_POLICIES = ("pad", "crop")
+# How the splits of a layout that has its own (Kaggle train|val|test folders, a manifest's split column) are used.
+OFFICIAL_SPLIT_MODES = ("merge_val", "keep", "resplit")
+
 
 @dataclass(frozen=True)
 class IngestConfig:
     image_size: int = 224  # height and width of the stored, standardised images
-    channels: int = 1  # 1 stores grayscale; colour inputs are converted
+    channels: int = 1  # 1 stores grayscale (colour inputs are converted), 3 stores RGB
+    resize_policy: str = "pad"  # "pad" to a square (keeps all anatomy) or "crop" the centre square; in metadata
+    min_side: int = 32  # quarantine images whose shorter side is below this many pixels ("too small")
     val_fraction: float = 0.1  # share of non-test patients held out for validation
-    test_fraction: float = 0.15  # share of patients held out for test when the layout has no test/ folder
+    test_fraction: float = 0.15  # share of patients held out for test when the source has no official test split
+    # merge_val: keep the official test split, fold the official val into train and carve a patient-disjoint
+    # val from it (Kaggle's val folder has 16 images); keep: use official splits as given; resplit: ignore them.
+    official_splits: str = "merge_val"
     seed: int = 0  # split salt: a patient's split depends only on its id and this seed
-    labels: tuple[str, ...] = ()  # class names in label order; empty = sorted class folder names
-    max_quarantined_fraction: float = 0.1  # fail the run when more inputs than this are unreadable
-    # Key of the patient-id hash in the examples. Set it per deployment (e.g. from a secret) and
-    # keep it away from the data: without it, a patient_key cannot be linked back to a patient.
-    patient_key_secret: str = ""
+    labels: tuple[str, ...] = ()  # class names in label order; empty = sorted class folder (or manifest) names
+    max_quarantined_fraction: float = 0.1  # fail the run when more inputs than this are quarantined
+    max_class_share_gap: float = 0.05  # warn when a split's class share is further than this from the whole set's
+    # The patient-key secret (HMAC key of patient ids) is looked up at run time, first match wins: the file
+    # (e.g. a mounted Kubernetes Secret), the environment variable, then patient_key_secret. The last one is
+    # for tests: a config value is compiled into the pipeline spec. No secret found means a random per-run
+    # key (keys group images within this run only), or a refusal when require_patient_key_secret is set.
+    patient_key_secret_file: str = ""  # path (local or gs://) of a file holding the secret
+    patient_key_secret_env: str = "RADFLOW_PATIENT_KEY_SECRET"  # environment variable holding the secret
+    patient_key_secret: str = ""  # the secret itself; for tests only
+    require_patient_key_secret: bool = False  # True: refuse to run without a configured secret
     runner: str = "DirectRunner"  # or DataflowRunner, FlinkRunner, SparkRunner
     beam_args: tuple[str, ...] = ()  # extra Beam pipeline options, e.g. ("--project=p", "--region=r")
+    direct_num_workers: int = 0  # DirectRunner worker processes; 0 = one per core
+    progress_every: int = 500  # each worker logs its progress after every this many files
+
+    def __post_init__(self):
+        if self.resize_policy not in RESIZE_POLICIES:
+            raise ValueError(f"resize_policy must be one of {RESIZE_POLICIES}, got {self.resize_policy!r}")
+        if self.official_splits not in OFFICIAL_SPLIT_MODES:
+            raise ValueError(f"official_splits must be one of {OFFICIAL_SPLIT_MODES}, got {self.official_splits!r}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1 or \
+                self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(f"val_fraction {self.val_fraction} and test_fraction {self.test_fraction} must be in "
+                             "[0, 1) and leave some patients for train")

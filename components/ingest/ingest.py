@@ -1,16 +1,20 @@
-"""ingest: a folder of labelled images -> standardised TFRecord examples, split by patient.
+"""ingest: labelled images (JPEG, PNG 8/16-bit, DICOM) -> standardised TFRecord examples, split by patient.
 
-Runs as an Apache Beam pipeline (DirectRunner on one machine; Dataflow, Flink or Spark through
-`runner` and `beam_args`). Every input file ends in exactly one state, recorded in
-`manifest.csv`: ingested, quarantined (with the reason) or duplicate. `metadata.json` is written
+Sources: a local folder, a gs:// prefix, or a CSV manifest (`path,label[,patient_id][,split]`).
+Folder layouts: Kaggle's `{train,val,test}/<class>/...` and class-per-folder `<class>/...`, any
+number of classes. Runs as an Apache Beam pipeline (DirectRunner on all cores by default; Dataflow,
+Flink or Spark through `runner` and `beam_args`). Every input ends in exactly one state, recorded
+in `manifest.csv`: ingested, quarantined (with the reason) or duplicate. `metadata.json` is written
 last, after the accounting checks, so a failed ingest never looks complete.
 
     radflow ingest data/chest_xray runs/examples
+    radflow ingest gs://bucket/cxr runs/examples --runner DataflowRunner --project p --region r
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import hmac
 import io
@@ -18,15 +22,20 @@ import logging
 import math
 import os
 import re
+import secrets
+import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import apache_beam as beam
 import numpy as np
 import tensorflow as tf
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image, UnidentifiedImageError
 
+from radflow import dicom, fileio
 from radflow import examples as ex
 from radflow.components.ingest.config import IngestConfig
 from radflow.preprocessing import decode_image, standardize
@@ -34,11 +43,17 @@ from radflow.preprocessing import decode_image, standardize
 log = logging.getLogger(__name__)
 
 INGESTED, QUARANTINED, DUPLICATE = "ingested", "quarantined", "duplicate"
-MANIFEST_COLUMNS = ("path", "label", "split", "state", "reason", "patient_id")
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".gif")
-# Formats TensorFlow's decoder (and hence the serving signature) can read.
-DECODABLE_FORMATS = {"JPEG", "PNG", "BMP", "GIF"}
+# Quarantine reasons; a manifest reason is one of these, optionally followed by ": detail".
+TRUNCATED, NOT_AN_IMAGE, UNSUPPORTED_FORMAT = dicom.TRUNCATED, dicom.NOT_AN_IMAGE, dicom.UNSUPPORTED_FORMAT
+MULTI_FRAME, TOO_SMALL, UNKNOWN_CLASS = dicom.MULTI_FRAME, "too small", "unknown class"
+UNREADABLE = "unreadable"  # listed, but could not be read (vanished, permissions)
+# The manifest names original paths, so it is the run's record, never training data. It holds the
+# keyed patient hash, not the patient id.
+MANIFEST_COLUMNS = ("path", "label", "split", "state", "reason", "patient_key", "sha256")
+MANIFEST_INPUT_COLUMNS = ("path", "label", "patient_id", "split")  # a CSV source; patient_id and split optional
+KAGGLE, CLASS_PER_FOLDER, MANIFEST = "kaggle", "class_per_folder", "manifest"
 TARGET_SHARD_BYTES = 150 * 2**20  # aim for ~150 MB shards: large enough to stream well, small enough to parallelise
+EXAMPLE_OVERHEAD_BYTES = 600  # per-example bytes besides the pixels: scalar features, keys, TFRecord framing
 
 # Kaggle chest-xray-pneumonia file names carry the patient: person1_bacteria_1.jpeg,
 # person1_virus_6.jpeg, IM-0115-0001.jpeg, NORMAL2-IM-0200-0001.jpeg.
@@ -50,12 +65,28 @@ _PATIENT_PATTERNS = (
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One input file and what the listing alone can tell about it."""
+    """One input file and what the listing alone can tell about it.
+
+    Args:
+        path: where to read it (local path or URI).
+        label: class name from the layout or manifest ("" when the layout gives none).
+        split: the source's own split (Kaggle folder, manifest column), "" when it has none.
+        patient_id: from the manifest or the file name; "" = DICOM PatientID, else the file is its own group.
+        rel_path: path relative to the source root: names the file's own group, stable if the root moves.
+    """
 
     path: str
     label: str
-    split: str
-    patient_id: str
+    split: str = ""
+    patient_id: str = ""
+    rel_path: str = ""
+
+
+@dataclass(frozen=True)
+class Listing:
+    files: list[SourceFile]
+    labels: tuple[str, ...]
+    layout: str
 
 
 @dataclass(frozen=True)
@@ -71,13 +102,13 @@ class IngestResult:
 
 
 def patient_id(path: str) -> str:
-    """The patient a file belongs to, parsed from a Kaggle-style name; else the file is its own group."""
+    """The patient a file belongs to, parsed from a Kaggle-style name; "" when the name carries none."""
     stem = os.path.splitext(os.path.basename(path))[0]
     for pattern in _PATIENT_PATTERNS:
         match = pattern.match(stem)
         if match:
             return match.group(1)
-    return stem
+    return ""
 
 
 def split_fraction(patient: str, seed: int) -> float:
@@ -86,66 +117,144 @@ def split_fraction(patient: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def list_sources(source: str, config: IngestConfig) -> tuple[list[SourceFile], tuple[str, ...]]:
-    """Lists the image files under `source` and assigns each a label and a patient-disjoint split.
+def assign_split(patient: str, official: Iterable[str], config: IngestConfig) -> str:
+    """The split of every image of one patient.
 
-    Two layouts are recognised: Kaggle's `{train,val,test}/<class>/...` and class-per-folder
-    `<class>/...`. In the Kaggle layout the official test folder is kept as the test split (a
-    patient with any image there is a test patient) and the tiny official val folder is merged
-    into train, from which a patient-disjoint validation split is carved.
+    The draw `split_fraction(patient, seed)` is uniform and independent of the class, so each class
+    is split at the same rates (stratified in expectation; ingest measures and records the realised
+    class shares), and a patient's split never depends on which other files exist.
 
     Args:
-        source: a local directory or gs:// prefix.
-        config: split fractions, seed and label order.
+        patient: the patient id (or a file's own group id).
+        official: the source's own splits of this patient's images ("" for none).
+        config: fractions, seed and `official_splits` mode.
 
     Returns:
-        The files, and the label names in label order.
+        "train", "val" or "test".
+    """
+    official = {s for s in official if s}
+    u = split_fraction(patient, config.seed)
+    if official and config.official_splits == "keep":
+        return next(s for s in ("test", "val", "train") if s in official)  # the most held-out wins
+    if official and config.official_splits == "merge_val":
+        if "test" in official:  # a patient with any official test image is a test patient
+            return "test"
+        return "val" if u < config.val_fraction else "train"
+    if u < config.test_fraction:
+        return "test"
+    return "val" if u < config.test_fraction + config.val_fraction * (1 - config.test_fraction) else "train"
+
+
+def _list_local(source: str) -> list[str]:
+    if not os.path.exists(source):
+        raise FileNotFoundError(f"ingest source {source!r} does not exist")
+    if not os.access(source, os.R_OK | os.X_OK):
+        raise PermissionError(f"ingest source {source!r} is not readable (permission denied)")
+
+    def fail(err: OSError):
+        raise PermissionError(f"ingest source {source!r}: cannot list {err.filename!r}: {err.strerror}") from err
+
+    paths = []
+    for dirpath, dirnames, files in os.walk(source, onerror=fail):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        paths.extend(os.path.join(dirpath, f) for f in files if not f.startswith("."))
+    return paths
+
+
+def _list_remote(source: str) -> list[str]:
+    try:
+        matched = FileSystems.match([source.rstrip("/") + "/**"])[0].metadata_list
+    except Exception as err:  # noqa: BLE001 - each object store raises its own types
+        raise FileNotFoundError(f"ingest source {source!r} cannot be listed: {err}") from err
+    return [m.path for m in matched if not os.path.basename(m.path).startswith(".") and not m.path.endswith("/")]
+
+
+def _read_bytes(path: str) -> bytes:
+    with FileSystems.open(path, mime_type="application/octet-stream", compression_type="uncompressed") as f:
+        return f.read()
+
+
+def _list_manifest(source: str) -> list[SourceFile]:
+    """Reads a CSV manifest; relative paths are relative to the manifest's folder."""
+    try:
+        text = _read_bytes(source).decode("utf-8-sig")
+    except Exception as err:  # noqa: BLE001 - local and object-store errors differ
+        raise FileNotFoundError(f"ingest manifest {source!r} cannot be read: {err}") from err
+    reader = csv.DictReader(io.StringIO(text))
+    missing = {"path", "label"} - set(reader.fieldnames or ())
+    if missing:
+        raise ValueError(f"ingest manifest {source!r} lacks column(s) {sorted(missing)}; "
+                         f"expected {','.join(MANIFEST_INPUT_COLUMNS)} (patient_id and split optional)")
+    root = source.rsplit("/", 1)[0] if "/" in source else "."
+    files = []
+    for line, row in enumerate(reader, start=2):
+        split = (row.get("split") or "").strip().lower()
+        if split not in ("", *ex.SPLITS):
+            raise ValueError(f"ingest manifest {source!r} line {line}: split {split!r} is not one of {ex.SPLITS}")
+        rel = row["path"].strip()
+        path = rel if fileio.is_remote(rel) or os.path.isabs(rel) else f"{root}/{rel}"
+        files.append(SourceFile(path, row["label"].strip(), split,
+                                (row.get("patient_id") or "").strip() or patient_id(rel), rel))
+    return files
+
+
+def list_sources(source: str, config: IngestConfig) -> Listing:
+    """Lists the inputs under `source`, with their labels, official splits and file-name patient ids.
+
+    Args:
+        source: a local folder, a gs:// (or other Beam filesystem) prefix, or a CSV manifest.
+        config: the fixed label order, if any.
+
+    Returns:
+        The files sorted by path, the label names in label order, and the layout recognised.
 
     Raises:
-        FileNotFoundError: `source` does not exist or holds no class folders.
+        FileNotFoundError: `source` is missing, empty or cannot be listed.
+        PermissionError: `source` (or a folder under it) is not readable.
+        ValueError: a manifest lacks the path or label column or names an unknown split.
     """
-    if not tf.io.gfile.isdir(source):
-        raise FileNotFoundError(f"ingest source {source!r} is not a readable directory")
-    top = sorted(d.rstrip("/") for d in tf.io.gfile.listdir(source) if tf.io.gfile.isdir(os.path.join(source, d)))
-    kaggle = bool(top) and all(d.lower() in ex.SPLITS for d in top)
-    entries: list[tuple[str, str, str | None]] = []  # (path, class folder, official split)
-    for folder in top:
-        roots = (
-            [(os.path.join(source, folder, c.rstrip("/")), c.rstrip("/"), folder.lower())
-             for c in sorted(tf.io.gfile.listdir(os.path.join(source, folder)))
-             if tf.io.gfile.isdir(os.path.join(source, folder, c))]
-            if kaggle else [(os.path.join(source, folder), folder, None)]
-        )
-        for root, label, official in roots:
-            for dirpath, _, files in tf.io.gfile.walk(root):
-                entries.extend((os.path.join(dirpath, f), label, official) for f in sorted(files)
-                               if not f.startswith("."))
-    if not entries:
-        raise FileNotFoundError(f"ingest source {source!r} has no class folders with files in them")
-
-    labels = config.labels or tuple(sorted({label for _, label, _ in entries}))
-    test_patients = {patient_id(p) for p, _, official in entries if official == "test"}
-    files = []
-    for path, label, _ in sorted(entries):
-        patient = patient_id(path)
-        u = split_fraction(patient, config.seed)
-        if kaggle:
-            split = "test" if patient in test_patients else ("val" if u < config.val_fraction else "train")
-        else:
-            split = ("test" if u < config.test_fraction
-                     else "val" if u < config.test_fraction + config.val_fraction else "train")
-        files.append(SourceFile(path, label, split, patient))
-    return files, labels
+    if source.lower().endswith(".csv"):
+        files, layout = _list_manifest(source), MANIFEST
+    else:
+        paths = _list_remote(source) if fileio.is_remote(source) else _list_local(source)
+        if not paths:
+            raise FileNotFoundError(f"ingest source {source!r} holds no files (empty or unreadable)")
+        prefix = source.rstrip("/") + "/"
+        rels = [p[len(prefix):] if p.startswith(prefix) else os.path.basename(p) for p in paths]
+        tops = {r.split("/")[0].lower() for r in rels if "/" in r}
+        layout = KAGGLE if tops and tops <= set(ex.SPLITS) else CLASS_PER_FOLDER
+        files = []
+        for path, rel in zip(paths, rels, strict=True):
+            parts = rel.split("/")
+            if layout == KAGGLE:  # train/<class>/file; a file directly under train/ has no class
+                split, label = parts[0].lower(), (parts[1] if len(parts) >= 3 else "")
+            else:  # <class>/file; a file at the root has no class
+                split, label = "", (parts[0] if len(parts) >= 2 else "")
+            files.append(SourceFile(path, label, split, patient_id(rel), rel))
+    if not files:
+        raise FileNotFoundError(f"ingest source {source!r} lists no files")
+    labels = tuple(config.labels) or tuple(sorted({f.label for f in files if f.label}))
+    if not labels:
+        raise FileNotFoundError(f"ingest source {source!r} has no class folders (or labels) to learn from")
+    return Listing(sorted(files, key=lambda f: f.path), labels, layout)
 
 
 @dataclass(frozen=True)
 class _Decoded:
-    """The outcome of reading one file: pixels and features, or the reason it was quarantined."""
+    """The outcome of reading one file: a serialized example, or the reason it was quarantined.
+
+    `patient` (the raw patient or group id) lives only inside the pipeline, to group and split; it is
+    never written. `split` is set once the patient's split is known.
+    """
 
     source: SourceFile
     reason: str = ""
     pixel_hash: str = ""
     example: bytes = b""
+    patient: str = ""
+    patient_key: str = ""
+    sha256: str = ""
+    split: str = ""
 
 
 def pixel_checksum(pixels: np.ndarray) -> str:
@@ -158,123 +267,288 @@ def patient_key(patient: str, key: str) -> str:
     return hmac.new(key.encode(), patient.encode(), hashlib.sha256).hexdigest()[:32]
 
 
-def decode_file(source: SourceFile, labels: tuple[str, ...], size: int, channels: int, key: str = "") -> _Decoded:
+def resolve_patient_key_secret(config: IngestConfig) -> tuple[str, str]:
+    """Finds the patient-key secret at run time: file, then environment variable, then config.
+
+    Returns:
+        (secret, where it came from: "file", "env", "config" or "ephemeral").
+
+    Raises:
+        FileNotFoundError: `patient_key_secret_file` is set but cannot be read.
+        ValueError: the secret file is empty, or no secret is configured and one is required.
+    """
+    if config.patient_key_secret_file:
+        try:
+            secret = _read_bytes(config.patient_key_secret_file).decode().strip()
+        except Exception as err:  # noqa: BLE001 - local and object-store errors differ
+            raise FileNotFoundError(f"patient key secret file {config.patient_key_secret_file!r} "
+                                    f"cannot be read: {err}") from err
+        if not secret:
+            raise ValueError(f"patient key secret file {config.patient_key_secret_file!r} is empty")
+        return secret, "file"
+    if config.patient_key_secret_env and os.environ.get(config.patient_key_secret_env):
+        return os.environ[config.patient_key_secret_env], "env"
+    if config.patient_key_secret:
+        return config.patient_key_secret, "config"
+    if config.require_patient_key_secret:
+        raise ValueError("no patient key secret: set patient_key_secret_file or the environment variable "
+                         f"{config.patient_key_secret_env!r} (require_patient_key_secret is on)")
+    log.warning("no patient key secret configured (file, $%s or config): using a random key for this run; "
+                "patient keys group images within this output only and cannot be joined across ingests",
+                config.patient_key_secret_env)
+    return secrets.token_hex(32), "ephemeral"
+
+
+def key_id(secret: str) -> str:
+    """A fingerprint of the secret that reveals nothing about it, so two outputs' keys can be compared."""
+    return hmac.new(secret.encode(), b"radflow patient key id", hashlib.sha256).hexdigest()[:16]
+
+
+def _source_format(data: bytes) -> str:
+    """The format named by the file's magic bytes; "" for none that radflow decodes."""
+    if dicom.is_dicom(data):
+        return "DICOM"
+    if data[:3] == b"\xff\xd8\xff":
+        return "JPEG"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "PNG"
+    if data[:2] == b"BM":
+        return "BMP"
+    if data[:4] in (b"GIF8",):
+        return "GIF"
+    return ""
+
+
+def _png_bit_depth(data: bytes) -> int:
+    """Bits per sample from the PNG IHDR chunk (byte 24)."""
+    return data[24] if len(data) > 24 else 8
+
+
+def _tf_error(err: tf.errors.OpError) -> str:
+    """The readable part of a TensorFlow op error, without the op and device decoration."""
+    text = re.sub(r"\{\{[^}]*\}\}|\[Op:[^\]]*\].*", "", err.message.splitlines()[0])
+    return text.strip()
+
+
+def center_crop(image: tf.Tensor) -> tf.Tensor:
+    """The centre square of an (H, W, C) image: the `crop` resize policy, applied before `standardize`."""
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    side = tf.minimum(h, w)
+    return image[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
+
+
+def decode_file(
+    source: SourceFile, labels: tuple[str, ...], size: int, channels: int, key: str = "", *,
+    resize_policy: str = "pad", min_side: int = 1,
+) -> _Decoded:
     """Reads, decodes and standardises one file; never raises for a bad file.
 
-    Decoding uses the same `decode_image` as the serving signature, so that what was trained on
-    is what the server will see for the same bytes.
+    JPEG, PNG, BMP and GIF are decoded by the same `decode_image` as the serving signature; a 16-bit
+    PNG reaches uint8 inside it as value >> 8 on both paths. DICOM is first rendered to PNG by
+    `radflow.dicom.to_png`, the conversion the predict client uses, then decoded the same way.
+
+    Args:
+        source: the file.
+        labels: the label names; other classes are quarantined.
+        size: stored image side.
+        channels: stored channels.
+        key: the patient-key secret.
+        resize_policy: "pad" or "crop".
+        min_side: smaller images are quarantined as too small.
+
+    Returns:
+        The example, or the quarantine reason.
     """
+    def quarantine(reason: str, **kw) -> _Decoded:
+        return _Decoded(source, reason=reason, **kw)
+
     if source.label not in labels:
-        return _Decoded(source, reason=f"unknown class {source.label!r}")
+        return quarantine(f"{UNKNOWN_CLASS} {source.label!r}" if source.label else f"{UNKNOWN_CLASS}: no class folder")
     try:
-        with tf.io.gfile.GFile(source.path, "rb") as f:
-            data = f.read()
-    except (OSError, tf.errors.OpError) as err:
-        return _Decoded(source, reason=f"unreadable: {err}")
-    try:
-        with Image.open(io.BytesIO(data)) as probe:
-            fmt = probe.format
-    except UnidentifiedImageError:
-        return _Decoded(source, reason="not an image")
-    except Exception as err:  # noqa: BLE001 - PIL raises many types for damaged headers
-        return _Decoded(source, reason=f"corrupt header: {err}")
-    if fmt not in DECODABLE_FORMATS:
-        return _Decoded(source, reason=f"unsupported format {fmt}")
+        data = _read_bytes(source.path)
+    except Exception as err:  # noqa: BLE001 - local and object-store errors differ
+        return quarantine(f"{UNREADABLE}: {type(err).__name__}")
+    sha = hashlib.sha256(data).hexdigest()
+    if not data:
+        return quarantine(f"{TRUNCATED}: empty file", sha256=sha)
+    fmt = _source_format(data)
+    patient, header, bit_depth = source.patient_id, {}, 8
+    if fmt == "DICOM":
+        try:
+            rendered = dicom.decode(data)
+        except dicom.DicomError as err:
+            return quarantine(str(err), sha256=sha)
+        data = dicom.encode_png(rendered.pixels)
+        patient = patient or rendered.patient_id
+        header = {k: v for k, v in rendered.header.items() if k in ex.HEADER_FEATURES}
+        bit_depth = rendered.bits_stored
+    elif fmt == "PNG":
+        bit_depth = _png_bit_depth(data)
+    elif not fmt:
+        try:
+            with Image.open(io.BytesIO(data)) as probe:
+                return quarantine(f"{UNSUPPORTED_FORMAT}: {probe.format}", sha256=sha)
+        except UnidentifiedImageError:
+            return quarantine(NOT_AN_IMAGE, sha256=sha)
+        except Exception as err:  # noqa: BLE001 - PIL raises many types for damaged headers
+            return quarantine(f"{NOT_AN_IMAGE}: {err}", sha256=sha)
     try:
         pixels = decode_image(tf.constant(data), channels)
     except tf.errors.InvalidArgumentError as err:
-        return _Decoded(source, reason=f"corrupt or truncated {fmt}: {err.message.splitlines()[0]}")
+        return quarantine(f"{TRUNCATED}: {fmt} {_tf_error(err)}", sha256=sha)
     decoded = pixels.numpy()
-    info = ex.ImageFeatures.measure(decoded, fmt, bit_depth=8, patient_key=patient_key(source.patient_id, key))
-    example = ex.make_example(standardize(pixels, size).numpy(), labels.index(source.label), source.label, info)
-    return _Decoded(source, pixel_hash=pixel_checksum(decoded), example=example)
+    if min(decoded.shape[:2]) < min_side:
+        return quarantine(f"{TOO_SMALL}: {decoded.shape[1]}x{decoded.shape[0]} px, minimum side {min_side}",
+                          sha256=sha)
+    patient = patient or f"file:{source.rel_path or source.path}"
+    pkey = patient_key(patient, key)
+    info = ex.ImageFeatures.measure(decoded, fmt, bit_depth=bit_depth, patient_key=pkey, header=header)
+    square = center_crop(pixels) if resize_policy == "crop" else pixels
+    example = ex.make_example(standardize(square, size).numpy(), labels.index(source.label), source.label, info)
+    return _Decoded(source, pixel_hash=pixel_checksum(decoded), example=example, patient=patient,
+                    patient_key=pkey, sha256=sha)
 
 
-def _resolve_duplicates(item: tuple[str, list[_Decoded]]):
+class _DecodeFn(beam.DoFn):
+    """`decode_file` on each input, with Beam counters and a progress line every `every` files."""
+
+    def __init__(self, labels: tuple[str, ...], config: IngestConfig, key: str):
+        self._labels, self._config, self._key = labels, config, key
+
+    def setup(self):
+        self._n, self._t0 = 0, time.monotonic()
+        self._ok = beam.metrics.Metrics.counter("ingest", "decoded")
+        self._bad = beam.metrics.Metrics.counter("ingest", "quarantined")
+        try:  # parallelism comes from the worker processes; one TF thread each avoids oversubscription
+            tf.config.threading.set_intra_op_parallelism_threads(1)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:  # TF already initialised in this process: keep its settings
+            pass
+
+    def process(self, source: SourceFile):
+        c = self._config
+        decoded = decode_file(source, self._labels, c.image_size, c.channels, self._key,
+                              resize_policy=c.resize_policy, min_side=c.min_side)
+        (self._bad if decoded.reason else self._ok).inc()
+        self._n += 1
+        if self._n % c.progress_every == 0:
+            rate = self._n / (time.monotonic() - self._t0)
+            log.info("ingest progress: worker %d has read %d files (%.1f files/s)", os.getpid(), self._n, rate)
+        yield decoded
+
+
+def _split_patient(item: tuple[str, Iterable[_Decoded]], config: IngestConfig):
+    """Gives all images of one patient the patient's split."""
+    patient, images = item
+    images = list(images)
+    split = assign_split(patient, {d.source.split for d in images}, config)
+    for d in images:
+        yield dataclasses.replace(d, split=split)
+
+
+def _resolve_duplicates(item: tuple[str, Iterable[_Decoded]]):
     """Keeps the first file (by path) of a set of identical images; the others become duplicates."""
     _, group = item
     group = sorted(group, key=lambda d: d.source.path)
     keep = group[0]
-    yield "example", (keep.source.split, keep.example)
-    yield "row", _row(keep.source, INGESTED, "")
+    yield "example", (keep.split, keep.example)
+    yield "row", _row(keep, INGESTED, "")
     for dup in group[1:]:
-        where = ("" if dup.source.split == keep.source.split
-                 else f" (in split {keep.source.split}, not {dup.source.split})")
-        yield "row", _row(dup.source, DUPLICATE, f"identical pixels to {keep.source.path}{where}")
+        where = "" if dup.split == keep.split else f" (cross-split: kept in {keep.split}, would be in {dup.split})"
+        yield "row", _row(dup, DUPLICATE, f"identical pixels to {keep.source.path}{where}")
 
 
-def _row(source: SourceFile, state: str, reason: str) -> str:
+def _row(d: _Decoded, state: str, reason: str) -> str:
     buf = io.StringIO()
     csv.writer(buf, lineterminator="").writerow(
-        [source.path, source.label, source.split, state, reason, source.patient_id])
+        [d.source.path, d.source.label, d.split, state, reason, d.patient_key, d.sha256])
     return buf.getvalue()
 
 
 def _route(decoded: _Decoded):
     if decoded.reason:
-        yield beam.pvalue.TaggedOutput("quarantined", _row(decoded.source, QUARANTINED, decoded.reason))
+        yield beam.pvalue.TaggedOutput("quarantined", _row(decoded, QUARANTINED, decoded.reason))
     else:
-        yield decoded.pixel_hash, decoded
+        yield decoded.patient, decoded
 
 
 def _num_shards(n_examples: int, config: IngestConfig) -> int:
-    example_bytes = config.image_size**2 * config.channels + 256
+    example_bytes = config.image_size**2 * config.channels + EXAMPLE_OVERHEAD_BYTES
     return max(1, math.ceil(n_examples * example_bytes / TARGET_SHARD_BYTES))
 
 
+def _expected_split_sizes(files: list[SourceFile], config: IngestConfig) -> dict[str, int]:
+    """Rough per-split sizes before decoding, to choose shard counts (~TARGET_SHARD_BYTES each)."""
+    n = len(files)
+    official_test = sum(f.split == "test" for f in files)
+    test = official_test if official_test and config.official_splits != "resplit" else round(n * config.test_fraction)
+    val = round((n - test) * config.val_fraction)
+    return {"train": n - test - val, "val": val, "test": test}
+
+
+def pipeline_options(config: IngestConfig) -> PipelineOptions:
+    """Beam options: the configured runner, DirectRunner on all cores, then `beam_args`, which win."""
+    return PipelineOptions([
+        f"--runner={config.runner}",
+        "--direct_running_mode=multi_processing",
+        f"--direct_num_workers={config.direct_num_workers}",
+        *config.beam_args,
+    ])
+
+
 def ingest(source: str, out_dir: str, config: IngestConfig = IngestConfig()) -> IngestResult:
-    """Decodes, standardises, deduplicates and splits the images under `source` into `out_dir`.
+    """Decodes, standardises, deduplicates and patient-splits the inputs of `source` into `out_dir`.
 
     Args:
-        source: a directory (local or gs://) in Kaggle or class-per-folder layout.
+        source: a folder (local or gs://) in Kaggle or class-per-folder layout, or a CSV manifest.
         out_dir: where the split shards, manifest.csv and metadata.json go; must not already
             hold a finished ingest.
-        config: image size, splits and the Beam runner.
+        config: image size, splits, privacy and the Beam runner.
 
     Returns:
         The metadata written and the accounting of every input.
 
     Raises:
         FileNotFoundError: `source` is missing or empty.
+        PermissionError: `source` is not readable.
         FileExistsError: `out_dir` already holds a finished ingest.
         RuntimeError: more inputs than `config.max_quarantined_fraction` were quarantined.
     """
     if tf.io.gfile.exists(os.path.join(out_dir, ex.METADATA_FILE)):
         raise FileExistsError(f"{out_dir} already holds a finished ingest; choose a new output directory")
-    files, labels = list_sources(source, config)
-    planned = Counter(f.split for f in files)
-    log.info("ingest: %d files, labels %s, planned split sizes %s", len(files), labels, dict(planned))
+    listing = list_sources(source, config)
+    secret, secret_source = resolve_patient_key_secret(config)
+    expected = _expected_split_sizes(listing.files, config)
+    log.info("ingest: %d files (%s layout), labels %s, runner %s", len(listing.files), listing.layout,
+             listing.labels, config.runner)
 
-    options = PipelineOptions(
-        [f"--runner={config.runner}", *config.beam_args],
-        direct_running_mode="multi_processing",
-        direct_num_workers=0,  # all cores
-    )
-    size, channels = config.image_size, config.channels
-    with beam.Pipeline(options=options) as p:
+    with beam.Pipeline(options=pipeline_options(config)) as p:
         decoded = (
             p
-            | "ListFiles" >> beam.Create(files)
+            | "ListFiles" >> beam.Create(listing.files)
             | "Reshuffle" >> beam.Reshuffle()  # spread the decode work over all workers
-            | "Decode" >> beam.Map(decode_file, labels, size, channels, config.patient_key_secret)
+            | "Decode" >> beam.ParDo(_DecodeFn(listing.labels, config, secret))
             | "Route" >> beam.FlatMap(_route).with_outputs("quarantined", main="ok")
         )
         resolved = (
             decoded.ok
+            | "GroupByPatient" >> beam.GroupByKey()
+            | "SplitByPatient" >> beam.FlatMap(_split_patient, config)
+            | "KeyByPixels" >> beam.Map(lambda d: (d.pixel_hash, d))
             | "GroupIdentical" >> beam.GroupByKey()
             | "Deduplicate" >> beam.FlatMap(_resolve_duplicates)
         )
-        rows = (resolved | "Rows" >> beam.Filter(lambda kv: kv[0] == "row") | beam.Map(lambda kv: kv[1]))
-        examples = resolved | "Examples" >> beam.Filter(lambda kv: kv[0] == "example") | beam.Map(lambda kv: kv[1])
+        rows = resolved | "Rows" >> beam.Filter(lambda kv: kv[0] == "row") | "RowText" >> beam.Map(lambda kv: kv[1])
+        examples = resolved | "Examples" >> beam.Filter(lambda kv: kv[0] == "example")
         for split in ex.SPLITS:
             (
                 examples
-                | f"Select{split}" >> beam.Filter(lambda kv, s=split: kv[0] == s)
-                | f"Serialized{split}" >> beam.Map(lambda kv: kv[1])
+                | f"Select{split}" >> beam.Filter(lambda kv, s=split: kv[1][0] == s)
+                | f"Serialized{split}" >> beam.Map(lambda kv: kv[1][1])
                 | f"Write{split}" >> beam.io.WriteToTFRecord(
                     os.path.join(out_dir, split, split),
                     file_name_suffix=ex.SHARD_SUFFIX,
-                    num_shards=_num_shards(planned[split], config),
+                    num_shards=_num_shards(expected[split], config),
                 )
             )
         (
@@ -287,7 +561,7 @@ def ingest(source: str, out_dir: str, config: IngestConfig = IngestConfig()) -> 
                 shard_name_template="",
             )
         )
-    return _finish(out_dir, files, labels, config)
+    return _finish(out_dir, source, listing, config, key_id(secret), secret_source)
 
 
 def read_manifest(examples_dir: str) -> list[dict[str, str]]:
@@ -296,29 +570,65 @@ def read_manifest(examples_dir: str) -> list[dict[str, str]]:
         return sorted(csv.DictReader(f), key=lambda r: r["path"])
 
 
-def _finish(out_dir: str, files: list[SourceFile], labels: tuple[str, ...], config: IngestConfig) -> IngestResult:
+def input_fingerprint(rows: list[dict[str, str]], source: str) -> str:
+    """sha256 over every input's path relative to the source and its content hash."""
+    prefix = source.rstrip("/") + "/"
+    lines = sorted(f"{r['path'].removeprefix(prefix)}\t{r['sha256']}" for r in rows)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def class_share_gaps(counts: dict[str, dict[str, int]]) -> dict[str, float]:
+    """Per split, the largest difference between a class's share in the split and in the whole set."""
+    labels = {name for c in counts.values() for name in c}
+    total = {name: sum(c.get(name, 0) for c in counts.values()) for name in labels}
+    n = sum(total.values())
+    gaps = {}
+    for split, c in counts.items():
+        m = sum(c.values())
+        if m and n:
+            gaps[split] = max(abs(c.get(name, 0) / m - total[name] / n) for name in labels)
+    return gaps
+
+
+def _finish(out_dir: str, source: str, listing: Listing, config: IngestConfig, patient_key_id: str,
+            secret_source: str) -> IngestResult:
     """Checks the accounting, then publishes metadata.json: the mark of a complete ingest."""
     rows = read_manifest(out_dir)
-    if len(rows) != len(files):
-        raise RuntimeError(f"ingest accounted for {len(rows)} of {len(files)} input files")
+    if len(rows) != len(listing.files):
+        raise RuntimeError(f"ingest accounted for {len(rows)} of {len(listing.files)} input files")
     states = Counter(r["state"] for r in rows)
     reasons = Counter(r["reason"].split(":")[0] for r in rows if r["state"] == QUARANTINED)
     quarantined = states[QUARANTINED] / len(rows)
     for r in rows:
         if r["state"] == QUARANTINED:
             log.warning("quarantined %s: %s", r["path"], r["reason"])
+        elif r["state"] == DUPLICATE and "cross-split" in r["reason"]:
+            log.warning("duplicate across splits %s: %s", r["path"], r["reason"])
     if quarantined > config.max_quarantined_fraction:
         raise RuntimeError(
             f"{states[QUARANTINED]} of {len(rows)} inputs ({quarantined:.1%}) were quarantined, above "
             f"max_quarantined_fraction={config.max_quarantined_fraction:.0%}; reasons: {dict(reasons)}. "
             f"See {os.path.join(out_dir, ex.MANIFEST_FILE)}"
         )
-    counts = {s: {name: 0 for name in labels} for s in ex.SPLITS}
+    counts = {s: {name: 0 for name in listing.labels} for s in ex.SPLITS}
     for r in rows:
         if r["state"] == INGESTED:
             counts[r["split"]][r["label"]] += 1
-    metadata = ex.DatasetMetadata(labels, config.image_size, config.channels, counts)
+    for split, gap in class_share_gaps(counts).items():
+        if gap > config.max_class_share_gap:
+            log.warning("split %s: a class share differs from the whole set's by %.1f points (> %.1f): "
+                        "few patients, or an official split with its own class mix", split, 100 * gap,
+                        100 * config.max_class_share_gap)
+    metadata = ex.DatasetMetadata(
+        listing.labels, config.image_size, config.channels, counts,
+        resize_policy=config.resize_policy,
+        input_fingerprint=input_fingerprint(rows, source),
+        layout=listing.layout,
+        states=dict(states),
+        quarantine_reasons=dict(reasons),
+        patient_key_id=patient_key_id,
+    )
     ex.write_metadata(out_dir, metadata)
-    result = IngestResult(out_dir, metadata, dict(states), dict(reasons))
-    log.info("ingest: %s; examples per split %s", dict(states), {s: metadata.split_size(s) for s in ex.SPLITS})
-    return result
+    log.info("ingest: %s; examples per split %s; patient key from %s (id %s)", dict(states),
+             {s: metadata.split_size(s) for s in ex.SPLITS}, secret_source, patient_key_id)
+    return IngestResult(out_dir, metadata, dict(states), dict(reasons))
