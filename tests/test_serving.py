@@ -1,0 +1,415 @@
+"""`radflow serve` against the real stubs of tensorflow-serving-api, on loopback ports.
+
+One tiny trained model (conftest's `model_dir`, 32 px) is copied into temporary version
+directories; servers run in-process on OS-chosen ports (one test starts the CLI as a subprocess).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import requests
+import tensorflow as tf
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_log_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from radflow.serving.config import RequestLogConfig, ServerConfig, parse_model_config, single_model_config
+from radflow.serving.server import ModelServer
+
+MODEL = "radflow"
+State = get_model_status_pb2.ModelVersionStatus.State
+
+
+def png(seed: int, size: int = 48, mode: str = "L") -> bytes:
+    rng = np.random.default_rng(seed)
+    shape = (size, size) if mode == "L" else (size, size, 3)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def publish(saved_model: str, base: str, version: int) -> str:
+    """Copies a SavedModel in as `version` the way push does: stage hidden, then rename."""
+    staged = os.path.join(base, f".staging-{version}")
+    shutil.copytree(saved_model, staged)
+    os.replace(staged, os.path.join(base, str(version)))
+    return os.path.join(base, str(version))
+
+
+def start(models, **overrides) -> ModelServer:
+    config = ServerConfig(port=0, rest_api_port=0, file_system_poll_wait_seconds=0.2, **overrides)
+    server = ModelServer(config, models)
+    server.start()
+    assert server.wait_until_ready(60), "model never became AVAILABLE"
+    return server
+
+
+def predict_request(images: list[bytes], version: int | None = None, label: str = "") -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL
+    if version is not None:
+        request.model_spec.version.value = version
+    if label:  # version and version_label are a oneof: setting one clears the other
+        request.model_spec.version_label = label
+    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(images, dtype=tf.string))
+    return request
+
+
+@pytest.fixture(scope="module")
+def saved_model(model_dir) -> str:
+    return os.path.join(model_dir, "saved_model")
+
+
+@pytest.fixture(scope="module")
+def served(saved_model, tmp_path_factory):
+    base = str(tmp_path_factory.mktemp("serve") / MODEL)
+    os.makedirs(base)
+    publish(saved_model, base, 1)
+    server = start([single_model_config(MODEL, base)])
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def stub(served):
+    with grpc.insecure_channel(f"127.0.0.1:{served.grpc_port}",
+                               options=[("grpc.max_send_message_length", 64 * 2**20)]) as channel:
+        yield prediction_service_pb2_grpc.PredictionServiceStub(channel), channel
+
+
+def rest(served) -> str:
+    return f"http://127.0.0.1:{served.rest_port}"
+
+
+def test_grpc_predict_metadata_status_and_health(served, stub, saved_model):
+    from radflow.serving.predict import predict_files
+
+    prediction, channel = stub
+    images = [png(1), png(2, mode="RGB")]
+    response = prediction.Predict(predict_request(images), timeout=30)
+    assert response.model_spec.name == MODEL and response.model_spec.version.value == 1
+    assert response.model_spec.signature_name == "serving_default"
+    scores = tf.make_ndarray(response.outputs["scores"])
+    classes = tf.make_ndarray(response.outputs["classes"])
+    threshold = tf.make_ndarray(response.outputs["threshold"])
+    assert scores.shape == (2, 2) and classes.shape == (2, 2) and threshold.shape == (2,)
+    np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-5)
+
+    # The same bytes through the signature in-process give the same scores.
+    tmp = os.path.join(os.path.dirname(saved_model), "one.png")
+    with open(tmp, "wb") as f:
+        f.write(images[0])
+    local = predict_files(saved_model, [tmp])[0]
+    assert [c.decode() for c in classes[0]] == list(local.scores)
+    np.testing.assert_allclose(scores[0], list(local.scores.values()), rtol=1e-5)
+
+    # output_filter returns only what was asked.
+    request = predict_request(images[:1])
+    request.output_filter.append("scores")
+    assert list(prediction.Predict(request, timeout=30).outputs) == ["scores"]
+
+    meta = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    meta.model_spec.name = MODEL
+    reply = prediction.GetModelMetadata(meta, timeout=30)
+    defs = get_model_metadata_pb2.SignatureDefMap()
+    reply.metadata["signature_def"].Unpack(defs)
+    sig = defs.signature_def["serving_default"]
+    assert reply.model_spec.version.value == 1
+    assert sig.inputs["image_bytes"].dtype == tf.string.as_datatype_enum
+    assert set(sig.outputs) == {"scores", "classes", "threshold"}
+
+    status_request = get_model_status_pb2.GetModelStatusRequest()
+    status_request.model_spec.name = MODEL
+    status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(status_request, timeout=30)
+    assert [(s.version, s.state, s.status.error_code) for s in status.model_version_status] == [
+        (1, State.AVAILABLE, 0)]
+
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", MODEL):
+        answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_rest_row_and_columnar_formats_with_b64(served, stub):
+    images = [png(3), png(4)]
+    b64 = [{"b64": base64.b64encode(b).decode()} for b in images]
+    expected = tf.make_ndarray(stub[0].Predict(predict_request(images), timeout=30).outputs["scores"])
+    url = f"{rest(served)}/v1/models/{MODEL}"
+
+    rows_bare = requests.post(f"{url}:predict", json={"instances": b64}, timeout=30)
+    rows_named = requests.post(f"{url}/versions/1:predict",
+                               json={"signature_name": "serving_default",
+                                     "instances": [{"image_bytes": v} for v in b64]}, timeout=30)
+    for reply in (rows_bare, rows_named):
+        assert reply.status_code == 200, reply.text
+        predictions = reply.json()["predictions"]
+        assert [p["classes"] for p in predictions] == [["NORMAL", "PNEUMONIA"]] * 2
+        np.testing.assert_allclose([p["scores"] for p in predictions], expected, rtol=1e-5)
+        assert all(isinstance(p["threshold"], float) for p in predictions)
+
+    columnar = requests.post(f"{url}:predict", json={"inputs": {"image_bytes": b64}}, timeout=30)
+    assert columnar.status_code == 200, columnar.text
+    np.testing.assert_allclose(columnar.json()["outputs"]["scores"], expected, rtol=1e-5)
+    bare = requests.post(f"{url}:predict", json={"inputs": b64}, timeout=30).json()
+    assert bare["outputs"]["classes"] == [["NORMAL", "PNEUMONIA"]] * 2
+
+    status = requests.get(url, timeout=10).json()
+    assert status == {"model_version_status": [
+        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+    meta = requests.get(f"{url}/metadata", timeout=10).json()
+    assert meta["model_spec"] == {"name": MODEL, "signature_name": "", "version": "1"}
+    sig = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert sig["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
+    assert sig["method_name"] == "tensorflow/serving/predict"
+    assert requests.get(f"{rest(served)}/readyz", timeout=10).status_code == 200
+
+
+def test_bad_requests_get_the_right_status_and_the_server_keeps_serving(served, stub):
+    prediction = stub[0]
+
+    def code_of(request) -> grpc.StatusCode:
+        with pytest.raises(grpc.RpcError) as err:
+            prediction.Predict(request, timeout=30)
+        return err.value.code(), err.value.details()
+
+    wrong_dtype = predict_pb2.PredictRequest()
+    wrong_dtype.model_spec.name = MODEL
+    wrong_dtype.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(np.zeros(2, np.float32)))
+    assert code_of(wrong_dtype)[0] == grpc.StatusCode.INVALID_ARGUMENT
+    wrong_shape = predict_pb2.PredictRequest()
+    wrong_shape.model_spec.name = MODEL
+    wrong_shape.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([[png(1)]], dtype=tf.string))
+    assert code_of(wrong_shape)[0] == grpc.StatusCode.INVALID_ARGUMENT
+    wrong_name = predict_pb2.PredictRequest()
+    wrong_name.model_spec.name = MODEL
+    wrong_name.inputs["pixels"].CopyFrom(tf.make_tensor_proto([png(1)], dtype=tf.string))
+    assert code_of(wrong_name)[0] == grpc.StatusCode.INVALID_ARGUMENT
+    code, details = code_of(predict_request([png(1), b"this is not an image"]))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert code_of(predict_request([png(1)], version=7)) == (
+        grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Specific({MODEL}, 7)")
+    unknown_model = predict_request([png(1)])
+    unknown_model.model_spec.name = "nope"
+    assert code_of(unknown_model)[0] == grpc.StatusCode.NOT_FOUND
+    assert code_of(predict_request([png(1)], label="nope"))[0] == grpc.StatusCode.INVALID_ARGUMENT
+
+    url = f"{rest(served)}/v1/models/{MODEL}"
+    not_image = {"instances": [{"b64": base64.b64encode(b"GIF89a broken").decode()}]}
+    cases = [
+        (requests.post(f"{url}:predict", json=not_image, timeout=30), 400),
+        (requests.post(f"{url}:predict", json={"instances": [1.5, 2.5]}, timeout=30), 400),
+        (requests.post(f"{url}:predict", json={"instances": [[{"b64": ""}], {"b64": ""}]}, timeout=30), 400),
+        (requests.post(f"{url}:predict", data=b"{not json", timeout=30), 400),
+        (requests.post(f"{url}:predict", json={"instances": [], "inputs": []}, timeout=30), 400),
+        (requests.post(f"{url}/versions/9:predict", json={"instances": [{"b64": ""}]}, timeout=30), 404),
+        (requests.post(f"{rest(served)}/v1/models/nope:predict", json={"instances": []}, timeout=30), 404),
+        (requests.get(f"{url}/versions/9", timeout=30), 404),
+        (requests.get(f"{rest(served)}/v1/nothing", timeout=30), 400),
+    ]
+    for reply, status in cases:
+        assert reply.status_code == status, reply.text
+        assert set(reply.json()) == {"error"} and reply.json()["error"]
+
+    # Still serving, on both protocols.
+    assert prediction.Predict(predict_request([png(5)]), timeout=30).outputs["scores"].tensor_shape.dim[0].size == 1
+    ok = requests.post(f"{url}:predict", json={"instances": [{"b64": base64.b64encode(png(5)).decode()}]}, timeout=30)
+    assert ok.status_code == 200
+
+
+def test_message_limit_admits_a_2048_px_png(stub):
+    big = png(6, size=2048, mode="RGB")  # noise compresses badly: ~12 MiB, over gRPC's 4 MiB default
+    assert len(big) > 12 * 2**20
+    reply = stub[0].Predict(predict_request([big]), timeout=60)
+    assert tf.make_ndarray(reply.outputs["scores"]).shape == (1, 2)
+
+
+def _wait_status(channel, want: dict[int, int], timeout: float = 60) -> get_model_status_pb2.GetModelStatusResponse:
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = MODEL
+    stub = model_service_pb2_grpc.ModelServiceStub(channel)
+    deadline = time.monotonic() + timeout
+    while True:
+        status = stub.GetModelStatus(request, timeout=10)
+        states = {s.version: s.state for s in status.model_version_status}
+        if all(states.get(v) == s for v, s in want.items()) or time.monotonic() > deadline:
+            assert all(states.get(v) == s for v, s in want.items()), status
+            return status
+        time.sleep(0.1)
+
+
+def test_hot_reload_under_load_fails_no_request_and_a_corrupt_version_does_not_take_over(saved_model, tmp_path):
+    base = str(tmp_path / MODEL)
+    os.makedirs(base)
+    publish(saved_model, base, 1)
+    server = start([single_model_config(MODEL, base)])
+    failures, answered_by, stop = [], [], threading.Event()
+
+    def client():
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            prediction = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            for i in range(400):  # bounded: at most 400 requests per client
+                if stop.is_set():
+                    return
+                try:
+                    reply = prediction.Predict(predict_request([png(i)]), timeout=30)
+                    answered_by.append(reply.model_spec.version.value)
+                except grpc.RpcError as err:
+                    failures.append(err)
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            time.sleep(0.5)
+            publish(saved_model, base, 2)
+            _wait_status(channel, {2: State.AVAILABLE, 1: State.END})
+            time.sleep(0.5)
+            # A corrupt version 3: reported, never routed to; version 2 keeps answering.
+            os.makedirs(os.path.join(base, ".staging-3", "variables"))
+            with open(os.path.join(base, ".staging-3", "saved_model.pb"), "wb") as f:
+                f.write(b"\x08\x01garbage, not a SavedModel")
+            os.replace(os.path.join(base, ".staging-3"), os.path.join(base, "3"))
+            status = _wait_status(channel, {3: State.END, 2: State.AVAILABLE})
+            failed = next(s for s in status.model_version_status if s.version == 3)
+            assert failed.status.error_code != 0 and failed.status.error_message
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        server.stop()
+    assert not failures, failures[:3]
+    assert answered_by[0] == 1 and answered_by[-1] == 2 and 3 not in answered_by
+    assert set(answered_by) == {1, 2}
+
+
+def test_version_policy_labels_and_warmup(saved_model, tmp_path):
+    base = str(tmp_path / MODEL)
+    os.makedirs(base)
+    for v in (1, 2, 3):
+        publish(saved_model, base, v)
+    # Version 2 warms up with a good request, version 3 with one that fails: it must never be AVAILABLE.
+    for version, image in ((2, png(7)), (3, b"not an image")):
+        os.makedirs(os.path.join(base, str(version), "assets.extra"), exist_ok=True)  # train may ship one
+        entry = prediction_log_pb2.PredictionLog()
+        entry.predict_log.request.CopyFrom(predict_request([image]))
+        with tf.io.TFRecordWriter(os.path.join(base, str(version), "assets.extra", "tf_serving_warmup_requests")) as w:
+            w.write(entry.SerializeToString())
+    config = parse_model_config(f"""
+        model_config_list {{ config {{
+          name: "{MODEL}" base_path: "{base}" model_platform: "tensorflow"
+          model_version_policy {{ specific {{ versions: 1 versions: 2 versions: 3 }} }}
+          version_labels {{ key: "stable" value: 1 }}
+          version_labels {{ key: "canary" value: 2 }}
+        }} }}""")
+    server = start(config)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            status = _wait_status(channel, {1: State.AVAILABLE, 2: State.AVAILABLE, 3: State.END})
+            assert next(s for s in status.model_version_status if s.version == 3).status.error_code == \
+                grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            prediction = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            for label, version in (("stable", 1), ("canary", 2), ("", 2)):
+                reply = prediction.Predict(predict_request([png(8)], label=label), timeout=30)
+                assert reply.model_spec.version.value == version
+        url = f"{rest(server)}/v1/models/{MODEL}"
+        body = {"instances": [{"b64": base64.b64encode(png(9)).decode()}]}
+        assert requests.post(f"{url}/labels/canary:predict", json=body, timeout=30).status_code == 200
+        assert requests.get(f"{url}/labels/stable", timeout=30).json()["model_version_status"][0]["version"] == "1"
+        assert requests.get(f"{url}/labels/nope", timeout=30).status_code == 400
+    finally:
+        server.stop()
+
+
+def _self_signed(tmp_path) -> tuple[str, str]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_tls_batching_and_request_log_feed_serving_skew(saved_model, tmp_path):
+    from radflow.serving.client import ServingClient
+    from radflow.serving.config import BatchingOptions
+    from radflow.serving.request_log import read_request_images, read_request_log
+
+    base = str(tmp_path / MODEL)
+    os.makedirs(base)
+    publish(saved_model, base, 1)
+    cert, key = _self_signed(tmp_path)
+    log_dir = str(tmp_path / "requests")
+    server = start([single_model_config(MODEL, base)], ssl_cert_file=cert, ssl_key_file=key, enable_batching=True,
+                   batching=BatchingOptions(max_batch_size=8, batch_timeout_micros=20_000, num_batch_threads=1),
+                   request_log=RequestLogConfig(log_dir, sampling_rate=1.0, include_images=True))
+    images = [png(10 + i) for i in range(6)]
+    try:
+        with open(cert, "rb") as f:
+            ca = f.read()
+        grpc_client = ServingClient(f"localhost:{server.grpc_port}", MODEL, root_certificates=ca)
+        rest_client = ServingClient(f"localhost:{server.rest_port}", MODEL, rest=True, verify=cert)
+        results: dict[int, list] = {}
+
+        def one(i):  # concurrent single-image requests share batches
+            results[i] = grpc_client.predict([images[i]])
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(images))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        together = rest_client.predict(images)
+        for i, p in enumerate(together):
+            assert results[i][0].scores == pytest.approx(p.scores, rel=1e-5)
+            assert results[i][0].version == 1 and p.decision in ("NORMAL", "PNEUMONIA")
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(f"https://localhost:{server.rest_port}/readyz", timeout=10)  # not trusted without the CA
+        grpc_client.close()
+        rest_client.close()
+    finally:
+        server.stop()
+    logged = read_request_log(log_dir)
+    assert len(logged) == len(images) + 1  # six single requests and one of six
+    assert sorted(read_request_images(log_dir)) == sorted(images * 2)
+
+    from radflow.components.validate.skew import measure_encoded, request_statistics, serving_skew
+
+    reference = request_statistics([measure_encoded(b) for b in images])
+    report = serving_skew(read_request_images(log_dir), reference)
+    assert report.num_images == 12
