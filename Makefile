@@ -11,10 +11,10 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE ?= radflow:$(VERSION)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint compile sample image clean
+.PHONY: help setup run test lint compile sample image clean kind-up kind-e2e kind-down
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  variables: DATA=$(DATA) SERVING_ROOT=$(SERVING_ROOT) CONFIG=$(CONFIG) SAMPLE_N=$(SAMPLE_N)"
 
 # The stamp is rebuilt whenever pyproject.toml (the pinned dependency set) changes.
@@ -45,6 +45,15 @@ compile: setup ## compile the pipeline to radflow.yaml
 
 image: ## build the pipeline image radflow:<version> (needs a Docker engine)
 	docker build -t $(IMAGE) .
+
+kind-up: ## local cluster: kind + KFP standalone (pinned) + Training Operator + the image (after make image)
+	IMAGE=$(IMAGE) infra/kind/up.sh
+
+kind-e2e: setup ## on the kind cluster: run the pipeline, serve the pushed model, predict (tests/e2e)
+	BIN=$(BIN) infra/kind/e2e.sh
+
+kind-down: ## delete the kind cluster (data/kind is kept)
+	infra/kind/down.sh
 
 clean: ## remove run outputs (runs/, models/), keeping .venv and data/
 	rm -rf runs models radflow.yaml
