@@ -90,9 +90,11 @@ def build_pipeline(config: PipelineConfig = PipelineConfig()) -> Callable:
         balance = c["class_balance"](examples=examples, config=class_balance_config).after(validate)
         train = c["train"](examples=examples, class_balance=balance.outputs["class_balance"], config=train_config,
                            **train_extra)
-        evaluate = c["evaluate"](model=train.outputs["model"], examples=examples, config=evaluate_config)
+        evaluate = c["evaluate"](model=train.outputs["model"], examples=examples, config=evaluate_config,
+                                 serving_root=serving_root, push_config=push_config)
         push = c["push"](model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"],
-                         serving_root=serving_root, config=push_config)
+                         statistics=validate.outputs["statistics"], serving_root=serving_root, config=push_config,
+                         run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
         # New data can arrive under unchanged parameters: never answer ingest or train from cache.
         ingest.set_caching_options(False)
         train.set_caching_options(False)

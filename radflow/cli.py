@@ -94,18 +94,54 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from radflow.components.evaluate.evaluate import evaluate
+    from radflow.components.evaluate.model_card import MODEL_CARD_FILE
 
-    result = evaluate(args.model, args.examples, args.out, _stage_config(args, "evaluate"))
-    print(json.dumps(result.metrics, indent=2))
-    print(f"blessed: {result.blessing.blessed} ({result.blessing.reason})")
+    result = evaluate(args.model, args.examples, args.out, _stage_config(args, "evaluate"),
+                      serving_root=args.serving_root, model_name=_stage_config(args, "push").model_name)
+    for name, value in result.metrics.items():
+        low, high = result.intervals.get(name, (None, None))
+        print(f"{name:>18} {value:.4f}" + (f"  [{low:.4f}, {high:.4f}]" if low is not None else ""))
+    print(f"threshold: {result.threshold}")
+    print(f"blessed: {result.blessing.blessed}\n{result.blessing.reason}")
+    print(f"model card: {os.path.join(args.out, MODEL_CARD_FILE)}")
     return 0
 
 
 def cmd_push(args: argparse.Namespace) -> int:
     from radflow.components.push.push import push
 
-    result = push(args.model, args.blessing, args.serving_root, _stage_config(args, "push"))
+    result = push(args.model, args.blessing, args.serving_root, _stage_config(args, "push"),
+                  statistics_dir=args.statistics, run_id=args.run_id)
     print(result.to_json())
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from radflow.components.push.push import SUMMARY_METRICS, list_versions
+
+    model_name = _stage_config(args, "push").model_name
+    infos = list_versions(args.serving_root, model_name)
+    if not infos:
+        print(f"no versions under {os.path.join(args.serving_root, model_name)}")
+        return 0
+    header = "  ".join(f"{m:>11}" for m in SUMMARY_METRICS)
+    print(f"{'version':>7}  {'':4}  {'pushed_at':25}  {'threshold':>9}  {header}  lineage")
+    for i in infos:
+        metrics = "  ".join(f"{i.metrics[m]:>11.4f}" if m in i.metrics else f"{'-':>11}" for m in SUMMARY_METRICS)
+        threshold = f"{i.threshold:>9.4f}" if i.threshold is not None else f"{'-':>9}"
+        lineage = f"rollback of {i.rollback_of}" if i.rollback_of else f"parent {i.parent_version}"
+        print(f"{i.version:>7}  {'live' if i.live else '':4}  {i.pushed_at:25}  {threshold}  {metrics}  {lineage}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from radflow.components.push.push import rollback
+
+    result = rollback(args.serving_root, args.to, _stage_config(args, "push"), run_id=args.run_id)
+    if not result.pushed:
+        print(f"rollback refused: {result.reason}", file=sys.stderr)
+        return 1
+    print(f"version {result.version} now serves the model of version {args.to} ({result.path})")
     return 0
 
 
@@ -289,21 +325,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-balance", metavar="DIR", help="a class-balance output (default: compute it now)")
     p.add_argument("--epochs", type=int, help="maximum epochs")
 
-    p = with_config(add("evaluate", cmd_evaluate, "test metrics and the blessing",
-                        "Scores the test split through the exported serving_default signature and writes\n"
-                        "metrics, plots and blessing.json.\n\n"
-                        "example: radflow evaluate runs/model runs/examples runs/eval"))
+    p = with_config(add("evaluate", cmd_evaluate, "threshold, test metrics with CIs, and the blessing",
+                        "Chooses the operating threshold on the val split, scores the test split through the\n"
+                        "exported serving_default signature, bootstraps 95% CIs over patients, compares with the\n"
+                        "production model under --serving-root, and writes metrics.json, canary.json, plots,\n"
+                        "model_card.html and blessing.json.\n\n"
+                        "example: radflow evaluate runs/model runs/examples runs/eval --serving-root models"))
     p.add_argument("model", metavar="MODEL", help="a train output")
     p.add_argument("examples", metavar="EXAMPLES", help="an ingest output")
     p.add_argument("out", metavar="OUT", help="output directory")
+    p.add_argument("--serving-root", help="compare with the highest version here (default: no comparison)")
 
-    p = with_config(add("push", cmd_push, "publish a blessed model as the next TF Serving version",
-                        "Copies MODEL/saved_model to SERVING_ROOT/<model_name>/<next version>/ atomically,\n"
-                        "only if BLESSING (an evaluate output) says blessed.\n\n"
-                        "example: radflow push runs/model runs/eval models"))
+    p = with_config(add("push", cmd_push, "publish a blessed, infra-validated model as the next TF Serving version",
+                        "Stages MODEL/saved_model with the threshold BLESSING chose and its lineage, loads it in a\n"
+                        "separate process to answer canary requests, and only then publishes it atomically as\n"
+                        "SERVING_ROOT/<model_name>/<next version>/; keeps the newest push.keep_versions.\n\n"
+                        "example: radflow push runs/model runs/eval models --statistics runs/validation"))
     p.add_argument("model", metavar="MODEL", help="a train output")
     p.add_argument("blessing", metavar="BLESSING", help="an evaluate output holding blessing.json")
     p.add_argument("serving_root", metavar="SERVING_ROOT", help="TF Serving model base directory or gs:// prefix")
+    p.add_argument("--statistics", metavar="DIR", help="a validate output; its train statistics go with the version")
+    p.add_argument("--run-id", default="", help="recorded in the version's lineage")
+
+    p = with_config(add("models", cmd_models, "list the pushed versions and which one is served",
+                        "Lists SERVING_ROOT/<model_name>/<version>/ with each version's threshold, headline test\n"
+                        "metrics and lineage. TF Serving serves the highest version: that one is marked live.\n\n"
+                        "example: radflow models models"))
+    p.add_argument("serving_root", metavar="SERVING_ROOT", help="TF Serving model base directory or gs:// prefix")
+
+    p = with_config(add("rollback", cmd_rollback, "serve an earlier version again",
+                        "Re-publishes version VERSION as a new highest version (TF Serving's default policy\n"
+                        "serves the highest), after infra-validating the copy; nothing is deleted, and the new\n"
+                        "version's lineage records rollback_of.\n\n"
+                        "example: radflow rollback models --to 3"))
+    p.add_argument("serving_root", metavar="SERVING_ROOT", help="TF Serving model base directory or gs:// prefix")
+    p.add_argument("--to", type=int, required=True, metavar="VERSION", help="the version to serve")
+    p.add_argument("--run-id", default="rollback", help="recorded in the new version's lineage")
 
     def with_kfp(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")

@@ -26,7 +26,7 @@ def test_tasks_and_dependencies(tmp_path):
         "class-balance": {"ingest", "validate"},
         "train": {"ingest", "class-balance"},
         "evaluate": {"ingest", "train"},
-        "push": {"train", "evaluate"},
+        "push": {"validate", "train", "evaluate"},
     }
 
 

@@ -3,32 +3,43 @@
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 
-def evaluate(model: Input[Model], examples: Input[Dataset], config: dict, evaluation: Output[Artifact],
-             metrics: Output[Metrics], classification: Output[ClassificationMetrics], report: Output[HTML]):
-    """Test-split metrics of the exported model and the blessing that gates push.
+def evaluate(model: Input[Model], examples: Input[Dataset], config: dict, serving_root: str, push_config: dict,
+             evaluation: Output[Artifact], metrics: Output[Metrics], classification: Output[ClassificationMetrics],
+             report: Output[HTML]):
+    """Threshold on val, test metrics with patient-bootstrap CIs, comparison with production, blessing.
 
     Args:
         model: a train output.
         examples: the ingest output it was trained on.
         config: EvaluateConfig fields.
-        evaluation: metrics.json, plots and blessing.json (read by push).
-        metrics: scalar metrics for the KFP UI.
+        serving_root: where the production model (the highest version) is found.
+        push_config: PushConfig fields; the model name locates production under serving_root.
+        evaluation: metrics.json, canary.json, plots, model_card.html and blessing.json (read by push).
+        metrics: scalar metrics and their interval bounds for the KFP UI.
         classification: ROC curve and confusion matrix for the KFP UI.
-        report: ROC and confusion-matrix plots with the blessing, rendered by the KFP UI.
+        report: the model card, rendered by the KFP UI.
     """
-    from radflow.components.evaluate.evaluate import CONFUSION_PLOT, ROC_PLOT, EvaluateConfig
-    from radflow.components.evaluate.evaluate import evaluate as run_evaluate
-    from radflow.pipeline.config import from_dict
-    from radflow.report import write_images_html
+    import shutil
 
-    result = run_evaluate(model.path, examples.path, evaluation.path, from_dict(EvaluateConfig, config))
+    from radflow.components.evaluate.evaluate import EvaluateConfig
+    from radflow.components.evaluate.evaluate import evaluate as run_evaluate
+    from radflow.components.evaluate.model_card import MODEL_CARD_FILE
+    from radflow.components.push.config import PushConfig
+    from radflow.pipeline.config import from_dict
+
+    result = run_evaluate(model.path, examples.path, evaluation.path, from_dict(EvaluateConfig, config),
+                          serving_root=serving_root, model_name=from_dict(PushConfig, push_config).model_name)
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)
+    for name, (low, high) in result.intervals.items():
+        metrics.log_metric(f"{name}_ci_low", low)
+        metrics.log_metric(f"{name}_ci_high", high)
+    if result.threshold is not None:
+        metrics.log_metric("threshold", result.threshold)
     metrics.log_metric("blessed", float(result.blessing.blessed))
     classification.log_confusion_matrix(result.label_names, result.confusion_matrix)
     if result.roc_curve:
         classification.log_roc_curve(result.roc_curve["fpr"], result.roc_curve["tpr"], result.roc_curve["thresholds"])
-    evaluation.metadata.update({"blessed": result.blessing.blessed, "reason": result.blessing.reason})
-    plots = [f"{evaluation.path}/{ROC_PLOT}", f"{evaluation.path}/{CONFUSION_PLOT}"]
-    write_images_html(report.path, "Evaluation", plots,
-                      notes=f"blessed: {result.blessing.blessed}\n{result.blessing.reason}")
+    evaluation.metadata.update({"blessed": result.blessing.blessed, "reason": result.blessing.reason,
+                                "threshold": result.threshold})
+    shutil.copyfile(f"{evaluation.path}/{MODEL_CARD_FILE}", report.path)

@@ -1,38 +1,60 @@
-"""push: publish a blessed SavedModel as the next version in TF Serving's layout.
+"""push: publish a blessed, infra-validated SavedModel as the next version in TF Serving's layout.
 
 TF Serving watches `<serving_root>/<model_name>/` and loads the highest integer directory, so
-a version directory must never be visible half-written. Locally the model is copied into a
-hidden staging directory and renamed into place in one step; on object stores, where there is
-no rename, saved_model.pb is copied last (TF Serving does not load a version without it).
-An existing version is never overwritten.
+a version directory must never be visible half-written. The version is assembled in a staging
+directory first — the SavedModel, the operating threshold chosen by evaluate written into
+`assets/threshold.txt`, and the lineage — and infra-validated there, in a separate process.
+Then it is published: locally by renaming the staging directory into place in one atomic step;
+on object stores, where there is no rename, by copying with saved_model.pb last (TF Serving does
+not load a version without it). An existing version is never overwritten. Afterwards only the
+newest `keep_versions` versions are kept; the served (highest) one is never deleted.
 
-    radflow push runs/model runs/evaluation models
+Rollback publishes an earlier version again as a new highest version, so that TF Serving's
+default "latest" policy serves it without any change to the server's config, nothing is
+deleted, and the lineage records `rollback_of`.
+
+    radflow push runs/model runs/evaluation models --statistics runs/validation
+    radflow models models
+    radflow rollback models --to 3
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import logging
 import os
 import shutil
+import tempfile
+import time
 import uuid
-from dataclasses import asdict, dataclass
-
-import tensorflow as tf
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 
 from radflow import fileio
-from radflow.components.evaluate.evaluate import read_blessing
+from radflow.components.evaluate.evaluate import CANARY_FILE, read_blessing, read_report
 from radflow.components.push.config import PushConfig
-from radflow.components.train.train import SAVED_MODEL_DIR
+from radflow.components.push.infra_validation import infra_validate
+from radflow.components.push.layout import (
+    LINEAGE_DIR,
+    LINEAGE_FILE,
+    SAVED_MODEL_PB,
+    TRAIN_STATISTICS_FILE,
+    live_version,
+    read_lineage,
+    version_path,
+    versions,
+)
+from radflow.components.train.train import KERAS_MODEL_FILE, RESULT_FILE, SAVED_MODEL_DIR, THRESHOLD_ASSET
 
 log = logging.getLogger(__name__)
 
-SAVED_MODEL_PB = "saved_model.pb"
-# Inside each published version, beside the SavedModel (TF Serving ignores other directories):
-# where the version came from, and the training statistics later runs compare against for drift.
-LINEAGE_DIR = "radflow_lineage"
-LINEAGE_FILE = "lineage.json"
-TRAIN_STATISTICS_FILE = "train_statistics.pb"
+STAGING_PREFIX = ".staging-"  # not an integer, so TF Serving never loads a staging directory
+STALE_STAGING_S = 24 * 3600  # a staging directory this old belongs to a push that was killed
+TRAIN_STATISTICS = os.path.join("statistics", "train.pb")  # in validate's output (validate.STATISTICS_DIR)
+# Summary metrics `radflow models` shows per version.
+SUMMARY_METRICS = ("roc_auc", "recall", "specificity", "pr_auc", "ece")
 
 
 @dataclass(frozen=True)
@@ -41,70 +63,259 @@ class PushResult:
     reason: str
     version: int | None = None
     path: str = ""
+    infra_validation: dict = field(default_factory=dict)  # passed, problems, latency_ms
+    removed_versions: list[int] = field(default_factory=list)  # deleted by retention
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 
 
-def versions(model_root: str) -> list[int]:
-    """The published versions under `<serving_root>/<model_name>`, ascending."""
-    if not tf.io.gfile.isdir(model_root):
-        return []
-    names = (n.rstrip("/") for n in tf.io.gfile.listdir(model_root))
-    return sorted(int(n) for n in names if n.isdigit())
+@dataclass(frozen=True)
+class VersionInfo:
+    """One published version, as `radflow models` lists it."""
+
+    version: int
+    live: bool
+    pushed_at: str
+    threshold: float | None
+    metrics: dict[str, float]
+    parent_version: int | None
+    rollback_of: int | None
+    run_id: str
 
 
-def _publish_local(src: str, model_root: str) -> tuple[int, str]:
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def _claimed(model_root: str) -> int:
+    """The highest integer directory, complete or not: a new version must be above any partial upload."""
+    return max((int(n) for n in fileio.listdir(model_root) if n.isdigit()), default=0)
+
+
+@contextlib.contextmanager
+def _staging(model_root: str) -> Iterator[str]:
+    """A directory to assemble a version in, removed afterwards unless it was published (renamed away).
+
+    Local: a hidden directory inside the model root, on the same filesystem, so publishing is
+    one rename. Object store: a local temporary directory, uploaded by `_publish`.
+    """
+    if fileio.is_remote(model_root):
+        with tempfile.TemporaryDirectory(prefix="radflow-push-") as tmp:
+            yield os.path.join(tmp, "version")
+        return
     os.makedirs(model_root, exist_ok=True)
-    staging = os.path.join(model_root, f".staging-{uuid.uuid4().hex}")
-    shutil.copytree(src, staging)
+    staged = os.path.join(model_root, f"{STAGING_PREFIX}{uuid.uuid4().hex}")
     try:
-        while True:
-            version = max(versions(model_root), default=0) + 1
-            target = os.path.join(model_root, str(version))
-            try:
-                # os.rename of a directory is atomic and fails if the target exists, so two
-                # concurrent pushes cannot claim the same version.
-                os.rename(staging, target)
-                return version, target
-            except OSError:
-                if not os.path.exists(target):
-                    raise
+        yield staged
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staged, ignore_errors=True)
 
 
-def _publish_remote(src: str, model_root: str) -> tuple[int, str]:
-    version = max(versions(model_root), default=0) + 1
-    target = f"{model_root.rstrip('/')}/{version}"
-    if tf.io.gfile.exists(target):
-        raise FileExistsError(f"{target} already exists; refusing to overwrite a published version")
-    fileio.copytree(src, target, last=SAVED_MODEL_PB)
-    return version, target
+def _publish(staged: str, model_root: str) -> tuple[int, str]:
+    """Makes the staged directory the next version; returns (version, path)."""
+    if fileio.is_remote(model_root):
+        version = _claimed(model_root) + 1
+        target = version_path(model_root, version)
+        if fileio.exists(target):
+            raise FileExistsError(f"{target} already exists; refusing to overwrite a published version")
+        fileio.copytree(staged, target, last=SAVED_MODEL_PB)
+        return version, target
+    while True:
+        version = _claimed(model_root) + 1
+        target = version_path(model_root, version)
+        try:
+            # os.rename of a directory is atomic and fails if the target exists (and is not
+            # empty), so two concurrent pushes cannot claim the same version.
+            os.rename(staged, target)
+            return version, target
+        except OSError:
+            if not os.path.exists(target):
+                raise
 
 
-def push(model_dir: str, evaluation_dir: str, serving_root: str, config: PushConfig = PushConfig()) -> PushResult:
-    """Publishes the model if, and only if, its evaluation blessed it.
+def apply_retention(model_root: str, keep: int) -> list[int]:
+    """Deletes all but the newest `keep` versions (0: keep all); the served, highest one always stays.
+
+    Also removes local staging directories left by pushes killed more than a day ago.
+
+    Returns:
+        The deleted versions.
+    """
+    if not fileio.is_remote(model_root) and os.path.isdir(model_root):
+        for name in os.listdir(model_root):
+            path = os.path.join(model_root, name)
+            if name.startswith(STAGING_PREFIX) and time.time() - os.path.getmtime(path) > STALE_STAGING_S:
+                shutil.rmtree(path, ignore_errors=True)
+    published = versions(model_root)
+    if keep <= 0 or len(published) <= keep:
+        return []
+    doomed = published[: len(published) - max(1, keep)]
+    for version in doomed:
+        _unpublish(model_root, version)
+    log.info("push: retention removed version(s) %s", doomed)
+    return doomed
+
+
+def _unpublish(model_root: str, version: int) -> None:
+    """Deletes a version so that no reader ever sees it half gone but still loadable."""
+    path = version_path(model_root, version)
+    if fileio.is_remote(model_root):
+        fileio.remove(os.path.join(path, SAVED_MODEL_PB))  # first: the rest is then invisible to servers
+        fileio.rmtree(path)
+        return
+    hidden = os.path.join(model_root, f"{STAGING_PREFIX}deleting-{version}-{uuid.uuid4().hex}")
+    os.rename(path, hidden)  # atomically unpublished, then deleted at leisure
+    shutil.rmtree(hidden)
+
+
+def _write_lineage(staged: str, lineage: dict, statistics_dir: str | None, canary: bytes | None) -> None:
+    lineage_dir = os.path.join(staged, LINEAGE_DIR)
+    os.makedirs(lineage_dir, exist_ok=True)
+    with open(os.path.join(lineage_dir, LINEAGE_FILE), "w") as f:
+        json.dump(lineage, f, indent=2, sort_keys=True)
+    if statistics_dir:
+        fileio.copy_file(os.path.join(statistics_dir, TRAIN_STATISTICS), os.path.join(lineage_dir,
+                                                                                      TRAIN_STATISTICS_FILE))
+    if canary is not None:
+        with open(os.path.join(lineage_dir, CANARY_FILE), "wb") as f:
+            f.write(canary)
+
+
+def push(
+    model_dir: str,
+    evaluation_dir: str,
+    serving_root: str,
+    config: PushConfig = PushConfig(),
+    statistics_dir: str | None = None,
+    run_id: str = "",
+) -> PushResult:
+    """Publishes the model if, and only if, its evaluation blessed it and it passes infra validation.
 
     Args:
         model_dir: a train output (holds saved_model/).
-        evaluation_dir: an evaluate output (holds blessing.json).
+        evaluation_dir: an evaluate output (blessing.json, metrics.json with the threshold, canary.json).
         serving_root: local directory or gs:// prefix that TF Serving reads.
-        config: the model name.
+        config: model name, retention, infra-validation bounds.
+        statistics_dir: a validate output; its train statistics are kept with the version as the
+            drift baseline of later runs.
+        run_id: the pipeline run, for lineage.
 
     Returns:
-        Whether it was pushed and, if so, the version and its path. Not blessed is a normal
-        outcome (pushed=False), not an error.
+        Whether it was pushed and, if so, the version and its path. Not blessed and failed infra
+        validation are normal outcomes (pushed=False, with the reason), not errors.
+
+    Raises:
+        FileNotFoundError: the model, evaluation or statistics directory is unfinished.
     """
     blessing = read_blessing(evaluation_dir)
     if not blessing.blessed:
         log.info("push: not pushed, model not blessed: %s", blessing.reason)
         return PushResult(False, f"not blessed: {blessing.reason}")
+    report = read_report(evaluation_dir)
+    canary = fileio.read_bytes(os.path.join(evaluation_dir, CANARY_FILE))
     src = os.path.join(model_dir, SAVED_MODEL_DIR)
-    if not tf.io.gfile.exists(os.path.join(src, SAVED_MODEL_PB)):
+    if not fileio.exists(os.path.join(src, SAVED_MODEL_PB)):
         raise FileNotFoundError(f"{src} holds no {SAVED_MODEL_PB}; is {model_dir} a finished train output?")
+    if statistics_dir and not fileio.exists(os.path.join(statistics_dir, TRAIN_STATISTICS)):
+        raise FileNotFoundError(f"{statistics_dir} holds no {TRAIN_STATISTICS}; is it a finished validate output?")
     model_root = os.path.join(serving_root, config.model_name)
-    publish = _publish_remote if fileio.is_remote(serving_root) else _publish_local
-    version, path = publish(src, model_root)
+    training_path = os.path.join(model_dir, RESULT_FILE)
+    lineage = {
+        "run_id": run_id,
+        "pushed_at": _now(),
+        "model_name": config.model_name,
+        "parent_version": live_version(model_root),
+        "rollback_of": None,
+        "data_fingerprint": report["data"].get("fingerprint"),
+        "data": report["data"],
+        "threshold": report["threshold"],
+        "threshold_method": report["threshold_method"],
+        "metrics": report["metrics"],
+        "intervals": report["intervals"],
+        "blessing": asdict(blessing),
+        "config": {"evaluate": report["config"], "push": asdict(config),
+                   "training": json.loads(fileio.read_text(training_path)) if fileio.exists(training_path) else None},
+        "source": {"model_dir": model_dir, "evaluation_dir": evaluation_dir, "statistics_dir": statistics_dir},
+    }
+    with _staging(model_root) as staged:
+        fileio.copytree(src, staged)
+        if report["threshold"] is not None:
+            # repr() round-trips: the float32 the server parses is the one evaluate chose.
+            with open(os.path.join(staged, "assets", THRESHOLD_ASSET), "w") as f:
+                f.write(f"{report['threshold']!r}\n")
+        _write_lineage(staged, lineage, statistics_dir, canary)
+        keras_model = os.path.join(model_dir, KERAS_MODEL_FILE)
+        if fileio.exists(keras_model):  # for Grad-CAM on the review page, published with the very version it explains
+            fileio.copy_file(keras_model, os.path.join(staged, LINEAGE_DIR, KERAS_MODEL_FILE))
+        infra = infra_validate(staged, json.loads(canary), config)
+        if not infra.passed:
+            log.warning("push: not pushed, infra validation failed: %s", infra.reason)
+            return PushResult(False, f"infra validation failed: {infra.reason}", infra_validation=asdict(infra))
+        version, path = _publish(staged, model_root)
     log.info("push: published version %d at %s", version, path)
-    return PushResult(True, blessing.reason, version, path)
+    removed = apply_retention(model_root, config.keep_versions)
+    return PushResult(True, blessing.reason, version, path, asdict(infra), removed)
+
+
+def rollback(serving_root: str, to_version: int, config: PushConfig = PushConfig(), run_id: str = "") -> PushResult:
+    """Serves an earlier version again by re-publishing it as the new highest version.
+
+    The copy is infra-validated with the canary requests stored in its lineage (when it has
+    them) before it is published, exactly like a push.
+
+    Args:
+        serving_root: local directory or gs:// prefix.
+        to_version: the published version to serve.
+        config: model name, retention, infra-validation bounds.
+        run_id: who or what asked, for lineage.
+
+    Returns:
+        The new version; its lineage has rollback_of=to_version.
+
+    Raises:
+        ValueError: to_version is not published, or is already the one served.
+    """
+    model_root = os.path.join(serving_root, config.model_name)
+    published = versions(model_root)
+    if to_version not in published:
+        raise ValueError(f"version {to_version} is not published under {model_root}; published: {published}")
+    live = published[-1]
+    if to_version == live:
+        raise ValueError(f"version {to_version} is already the one served")
+    source = version_path(model_root, to_version)
+    lineage = read_lineage(model_root, to_version)
+    lineage.update(run_id=run_id, pushed_at=_now(), parent_version=live, rollback_of=to_version)
+    with _staging(model_root) as staged:
+        fileio.copytree(source, staged)
+        os.makedirs(os.path.join(staged, LINEAGE_DIR), exist_ok=True)  # versions pushed before lineage had none
+        with open(os.path.join(staged, LINEAGE_DIR, LINEAGE_FILE), "w") as f:
+            json.dump(lineage, f, indent=2, sort_keys=True)
+        canary_path = os.path.join(staged, LINEAGE_DIR, CANARY_FILE)
+        infra = None
+        if os.path.exists(canary_path):
+            with open(canary_path) as f:
+                infra = infra_validate(staged, json.load(f), config)
+            if not infra.passed:
+                return PushResult(False, f"infra validation failed: {infra.reason}", infra_validation=asdict(infra))
+        version, path = _publish(staged, model_root)
+    log.info("rollback: version %d now serves the model of version %d", version, to_version)
+    removed = apply_retention(model_root, config.keep_versions)
+    return PushResult(True, f"rollback to version {to_version}", version, path,
+                      asdict(infra) if infra else {}, removed)
+
+
+def list_versions(serving_root: str, model_name: str = "radflow") -> list[VersionInfo]:
+    """The published versions with their lineage's headline metrics; the highest is the live one."""
+    model_root = os.path.join(serving_root, model_name)
+    published = versions(model_root)
+    infos = []
+    for v in published:
+        lineage = read_lineage(model_root, v)
+        metrics = lineage.get("metrics", {})
+        infos.append(VersionInfo(
+            version=v, live=v == published[-1], pushed_at=lineage.get("pushed_at", ""),
+            threshold=lineage.get("threshold"), metrics={k: metrics[k] for k in SUMMARY_METRICS if k in metrics},
+            parent_version=lineage.get("parent_version"), rollback_of=lineage.get("rollback_of"),
+            run_id=lineage.get("run_id", "")))
+    return infos
