@@ -253,6 +253,40 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from radflow.serving.server import config_from_args, serve
+
+    serve(*config_from_args(args))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import grpc
+    import requests
+
+    from radflow.serving.client import ServingClient
+
+    ca = None
+    if args.ca_cert and not args.rest:
+        with open(args.ca_cert, "rb") as f:
+            ca = f.read()
+    try:
+        with ServingClient(args.server, args.model, version=args.version, label=args.label, rest=args.rest,
+                           root_certificates=ca, verify=args.ca_cert or True) as client:
+            predictions = client.predict_files(args.images)
+    except grpc.RpcError as err:
+        print(f"radflow predict: {args.server} answered {err.code().name}: {err.details()}", file=sys.stderr)
+        return 1
+    except requests.RequestException as err:
+        print(f"radflow predict: {args.server}: {err}", file=sys.stderr)
+        return 1
+    for p in predictions:
+        scores = ", ".join(f"{k}={v:.3f}" for k, v in p.scores.items())
+        version = f" [version {p.version}]" if p.version else ""
+        print(f"{p.path}: class {p.label} ({scores}); decision at threshold {p.threshold:.3f}: {p.decision}{version}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="radflow", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -395,6 +429,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="radflow-retrain", help="schedule name (default radflow-retrain)")
     p.add_argument("--list", action="store_true", help="list the recurring runs")
     p.add_argument("--delete", metavar="NAME", help="delete the recurring run(s) of this name")
+    from radflow.serving.flags import add_arguments as add_serve_arguments
+
+    p = add("serve", cmd_serve, "a TF-Serving-compatible model server (gRPC 8500, REST 8501) for local use",
+            "Serves pushed versions with TF Serving's gRPC and REST protocols and flags: new versions\n"
+            "are loaded as they appear, warmed up, and swapped in without failing requests. Readiness:\n"
+            "GET /readyz or grpc.health.v1. Stops gracefully on SIGTERM/SIGINT.\n\n"
+            "example: radflow serve --model_name radflow --model_base_path models/radflow")
+    add_serve_arguments(p)
+
+    p = add("predict", cmd_predict, "classify images through TF Serving or radflow serve",
+            "Sends JPEG, PNG or DICOM files (DICOM rendered as ingest does) to a model server and prints\n"
+            "each image's class, scores and the decision at the model's operating threshold. Works\n"
+            "against tensorflow_model_server too.\n\n"
+            "example: radflow predict chest.png study.dcm --server localhost:8500 --label stable")
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (JPEG, PNG, DICOM), local or gs://")
+    p.add_argument("--server", default="localhost:8500", help="HOST:PORT (gRPC, or REST with --rest)")
+    p.add_argument("--rest", action="store_true", help="use the REST API instead of gRPC")
+    p.add_argument("--model", default="radflow", help="model name (default radflow)")
+    pin = p.add_mutually_exclusive_group()
+    pin.add_argument("--version", type=int, help="ask for this version (default: the latest served)")
+    pin.add_argument("--label", help="ask for the version with this label, e.g. stable or canary")
+    p.add_argument("--ca_cert", metavar="PEM", help="CA certificate of a TLS server")
     return parser
 
 

@@ -15,8 +15,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, te
 from tensorflow_serving.config import model_server_config_pb2
 
 from radflow import fileio
-
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20  # a 2048x2048 16-bit RGBA PNG is at most ~32 MiB; base64 over REST ~43 MiB
+from radflow.serving.flags import DEFAULT_MAX_MESSAGE_BYTES
 
 
 @dataclass(frozen=True)

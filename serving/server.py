@@ -23,7 +23,6 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 from tensorflow_serving.config import model_server_config_pb2
 
 from radflow.serving.config import (
-    DEFAULT_MAX_MESSAGE_BYTES,
     BatchingOptions,
     RequestLogConfig,
     ServerConfig,
@@ -144,31 +143,6 @@ class ModelServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of `radflow serve`, named as tensorflow_model_server's where it has them."""
-    parser.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500)")
-    parser.add_argument("--rest_api_port", type=int, default=8501, help="REST port; 0 disables REST (default 8501)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default 127.0.0.1; 0.0.0.0 opens the server to the network)")
-    parser.add_argument("--model_name", help="name of the one model to serve (with --model_base_path)")
-    parser.add_argument("--model_base_path", help="folder of integer version directories, local or gs://")
-    parser.add_argument("--model_config_file", help="ModelServerConfig text proto: several models, version "
-                        "policies, labels (instead of --model_name/--model_base_path)")
-    parser.add_argument("--enable_batching", action="store_true", help="batch concurrent requests")
-    parser.add_argument("--batching_parameters_file", help="BatchingParameters text proto (implies batching)")
-    parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
-                        help="seconds between scans for new versions (default 1)")
-    parser.add_argument("--max_message_bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
-                        help=f"gRPC message and REST body limit (default {DEFAULT_MAX_MESSAGE_BYTES})")
-    parser.add_argument("--ssl_cert_file", help="PEM certificate: serve gRPC and REST over TLS (with --ssl_key_file)")
-    parser.add_argument("--ssl_key_file", help="PEM private key for --ssl_cert_file")
-    parser.add_argument("--request_log_dir", help="write a sampled request log (PredictionLog TFRecords) here")
-    parser.add_argument("--request_log_sampling_rate", type=float, default=0.01,
-                        help="fraction of requests logged (default 0.01)")
-    parser.add_argument("--request_log_include_images", action="store_true",
-                        help="store the request images in the log (off: only outputs are stored)")
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[ServerConfig, list[model_server_config_pb2.ModelConfig]]:

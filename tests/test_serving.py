@@ -413,3 +413,105 @@ def test_tls_batching_and_request_log_feed_serving_skew(saved_model, tmp_path):
     reference = request_statistics([measure_encoded(b) for b in images])
     report = serving_skew(read_request_images(log_dir), reference)
     assert report.num_images == 12
+
+
+def test_batcher_merges_concurrent_requests_and_isolates_a_bad_one():
+    from radflow.serving.batching import Batcher
+    from radflow.serving.config import BatchingOptions
+    from radflow.serving.errors import invalid
+
+    calls = []
+
+    def execute(inputs):  # doubles each row; refuses a batch holding a negative value
+        x = inputs["x"]
+        calls.append(len(x))
+        if (x < 0).any():
+            raise invalid("negative input")
+        return {"y": x * 2}
+
+    batcher = Batcher(execute, BatchingOptions(max_batch_size=4, batch_timeout_micros=200_000, num_batch_threads=1,
+                                               allowed_batch_sizes=(2, 4)), "test")
+    results, errors = {}, {}
+
+    def one(i):
+        try:
+            results[i] = batcher.run({"x": np.array([i], np.float32)})["y"].tolist()
+        except Exception as err:  # collected and asserted below
+            errors[i] = err
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in (1, 2, -3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batcher.close()
+    assert results == {1: [2.0], 2: [4.0]}
+    assert list(errors) == [-3] and errors[-3].code == grpc.StatusCode.INVALID_ARGUMENT
+    assert calls[0] == 4  # three rows, padded to the allowed size 4, in one call; then re-run one by one
+    assert sorted(calls[1:]) == [1, 1, 1]
+
+
+def test_config_files_parse_with_tf_servings_messages(tmp_path):
+    from radflow.serving.config import parse_batching_parameters
+
+    options = parse_batching_parameters("max_batch_size { value: 16 }\nbatch_timeout_micros { value: 500 }\n"
+                                        "num_batch_threads { value: 2 }\nallowed_batch_sizes: 8\n"
+                                        "allowed_batch_sizes: 16\npad_variable_length_inputs: false\n")
+    assert (options.max_batch_size, options.batch_timeout_micros, options.num_batch_threads,
+            options.allowed_batch_sizes, options.max_enqueued_batches) == (16, 500, 2, (8, 16), 10)
+    with pytest.raises(ValueError, match="allowed_batch_sizes"):
+        parse_batching_parameters("max_batch_size { value: 16 } allowed_batch_sizes: 8")
+    with pytest.raises(ValueError, match="batching parameters"):
+        parse_batching_parameters("max_batch_size: 16")  # a wrapper message, not a bare int
+    infra = os.path.join(os.path.dirname(__file__), "..", "infra", "serving")
+    with open(os.path.join(infra, "base", "batching.config")) as f:
+        assert parse_batching_parameters(f.read()).max_batch_size == 32
+    for path in ("base/models.config", "overlays/canary/canary.config", "overlays/gcs/models.config"):
+        with open(os.path.join(infra, path)) as f:
+            (model,) = parse_model_config(f.read())
+        assert model.name == MODEL and model.model_version_policy.WhichOneof("policy_choice") == "specific"
+    with pytest.raises(ValueError, match="listed twice"):
+        parse_model_config('model_config_list { config { name: "a" base_path: "/x" } '
+                           'config { name: "a" base_path: "/y" } }')
+    with pytest.raises(ValueError, match="model config"):
+        parse_model_config("model_config_list { config { nam: 1 } }")
+
+
+def test_classify_where_the_signature_allows_it(tmp_path, stub):
+    from tensorflow_serving.apis import classification_pb2
+
+    # A TF1-style model with a classify signature over serialized tf.Examples.
+    base = str(tmp_path / "classifier")
+    graph = tf.Graph()
+    with graph.as_default():
+        serialized = tf.compat.v1.placeholder(tf.string, [None], name="tf_example")
+        x = tf.io.parse_example(serialized, {"x": tf.io.FixedLenFeature([1], tf.float32)})["x"]
+        p = tf.sigmoid(x)
+        scores = tf.concat([1 - p, p], axis=1)
+        classes = tf.tile(tf.constant([["low", "high"]]), [tf.shape(scores)[0], 1])
+        with tf.compat.v1.Session(graph=graph) as session:
+            builder = tf.compat.v1.saved_model.Builder(os.path.join(base, "1"))
+            builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map={
+                "serving_default": tf.compat.v1.saved_model.classification_signature_def(serialized, classes, scores)})
+            builder.save()
+    from tensorflow_serving.config import model_server_config_pb2
+
+    server = start([model_server_config_pb2.ModelConfig(name="classifier", base_path=base)])
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            request = classification_pb2.ClassificationRequest()
+            request.model_spec.name = "classifier"
+            for value in (-4.0, 4.0):
+                request.input.example_list.examples.add().features.feature["x"].float_list.value.append(value)
+            result = prediction_service_pb2_grpc.PredictionServiceStub(channel).Classify(request, timeout=30).result
+        assert [[c.label for c in r.classes] for r in result.classifications] == [["low", "high"]] * 2
+        assert result.classifications[0].classes[0].score > 0.9 and result.classifications[1].classes[1].score > 0.9
+    finally:
+        server.stop()
+    # The image model's predict signature is no classify signature: refused as TF Serving does.
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name = MODEL
+    request.input.example_list.examples.add()
+    with pytest.raises(grpc.RpcError) as err:
+        stub[0].Classify(request, timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "classify" in err.value.details()
