@@ -12,7 +12,10 @@ TASK_NAMES = {s.replace("_", "-") for s in STAGES}
 def _compile(tmp_path, config=PipelineConfig()):
     path = compile_pipeline(config, str(tmp_path / "radflow.yaml"))
     with open(path) as f:
-        return yaml.safe_load(f)
+        # The second document is the Kubernetes platform spec (tests/test_pipeline_k8s.py asserts it).
+        spec, platform = yaml.safe_load_all(f)
+    assert set(platform["platforms"]) == {"kubernetes"}
+    return spec
 
 
 def test_tasks_and_dependencies(tmp_path):
