@@ -86,7 +86,8 @@ def build_pipeline(config: PipelineConfig = PipelineConfig()) -> Callable:
     ) -> Outputs:
         ingest = c["ingest"](source=data, config=ingest_config)
         examples = ingest.outputs["examples"]
-        validate = c["validate"](examples=examples, config=validate_config)
+        validate = c["validate"](examples=examples, config=validate_config, serving_root=serving_root,
+                                 push_config=push_config)
         balance = c["class_balance"](examples=examples, config=class_balance_config).after(validate)
         train = c["train"](examples=examples, class_balance=balance.outputs["class_balance"], config=train_config,
                            **train_extra)

@@ -18,6 +18,8 @@ import os
 import sys
 from dataclasses import asdict
 
+from radflow.components.class_balance.config import STRATEGIES
+
 log = logging.getLogger("radflow")
 
 
@@ -59,14 +61,33 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from radflow.components.validate.validate import DataValidationError, validate
+    from radflow.components.validate.validate import (
+        HTML_FILE,
+        DataValidationError,
+        last_blessed_statistics,
+        validate,
+    )
 
+    config = _stage_config(args, "validate", schema_path=args.schema)
+    baseline = args.baseline or last_blessed_statistics(args.serving_root or "", _stage_config(args, "push").model_name)
     try:
-        result = validate(args.examples, args.out, _stage_config(args, "validate", schema_path=args.schema))
+        result = validate(args.examples, args.out, config, baseline=baseline)
     except DataValidationError as err:
         print(f"validation failed:\n{err}", file=sys.stderr)
         return 1
-    print(f"no anomalies; examples per split: {result.num_examples}; outputs in {args.out}")
+    for line in result.warnings:
+        print(f"warning: {line}")
+    verdict = "no anomalies" if result.passed else f"{len(result.anomalies)} anomalies (fail_on_anomalies is off)"
+    print(f"{verdict}; examples per split: {result.num_examples}; patients per split and class: {result.patients}")
+    print(f"drift baseline: {baseline or 'none'}; report: {os.path.join(args.out, HTML_FILE)}")
+    return 0
+
+
+def cmd_schema_freeze(args: argparse.Namespace) -> int:
+    from radflow.components.validate.schema import CURATED_DIR, freeze
+
+    path = freeze(args.run, args.name, args.dir or CURATED_DIR)
+    print(f"wrote {path}; runs with validate.schema_name={args.name!r} now validate against it")
     return 0
 
 
@@ -75,6 +96,7 @@ def cmd_class_balance(args: argparse.Namespace) -> int:
 
     balance = class_balance(args.examples, args.out, _stage_config(args, "class_balance", strategy=args.strategy))
     print(balance.to_json())
+    print(f"recommendation: {balance.recommendation}")
     return 0
 
 
@@ -337,18 +359,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", metavar="OUT", help="output directory")
     p.add_argument("--image-size", type=int, help="stored image size (default 224)")
 
-    p = with_config(add("validate", cmd_validate, "TFDV statistics, schema and anomalies per split",
-                        "Exits 1 with the anomalies listed when a split breaks the schema or is empty.\n\n"
-                        "example: radflow validate runs/examples runs/validation"))
+    p = with_config(add("validate", cmd_validate, "TFDV statistics, schema, drift and skew per split",
+                        "Profiles every split with TFDV, validates it against the curated schema\n"
+                        "(pipeline/schema/<schema_name>.pbtxt, else one inferred from train), compares train with\n"
+                        "the last blessed run's train (drift) and val/test with train (skew). Exits 1 with every\n"
+                        "blocking finding listed by split and feature; writes OUT/statistics.html.\n\n"
+                        "example: radflow validate runs/examples runs/validation --serving-root models"))
     p.add_argument("examples", metavar="EXAMPLES", help="an ingest output")
     p.add_argument("out", metavar="OUT", help="output directory")
-    p.add_argument("--schema", help="a curated schema .pbtxt to validate against (default: infer from train)")
+    p.add_argument("--schema", help="a schema .pbtxt to validate against (default: the curated schema_name)")
+    p.add_argument("--serving-root", help="find the drift baseline in the highest version published here")
+    p.add_argument("--baseline", metavar="STATS", help="a train statistics .pb to check drift against instead")
 
-    p = with_config(add("class-balance", cmd_class_balance, "class weights and initial bias for train",
-                        "example: radflow class-balance runs/examples runs/class_balance"))
+    p = add("schema", cmd_schema_freeze, "curated schemas: radflow schema freeze RUN",
+            "Curated TFDV schemas live in pipeline/schema/ and ship with the image.")
+    schema_sub = p.add_subparsers(dest="schema_command", required=True, metavar="ACTION")
+    p = schema_sub.add_parser(
+        "freeze", help="copy a run's schema into pipeline/schema/<name>.pbtxt",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Copies the schema a finished validate run wrote (RUN is that output, or a pipeline run\n"
+                    "directory holding one) into the repository as the curated schema NAME. Later runs with\n"
+                    "validate.schema_name=NAME (chest_xray by default) validate against it; edit it by hand.\n\n"
+                    "example: radflow schema freeze runs/radflow-20260101-120000 --name chest_xray")
+    p.add_argument("run", metavar="RUN", help="a validate output, or a pipeline run directory")
+    p.add_argument("--name", default="chest_xray", help="curated schema name (default chest_xray)")
+    p.add_argument("--dir", default=None, help="curated schema folder (default: the repository's pipeline/schema)")
+
+    p = with_config(add("class-balance", cmd_class_balance, "class counts, weights, initial bias, strategy",
+                        "Counts per class and split, the imbalance ratio, class weights n/(K*n_c), the initial\n"
+                        "output bias, a recommendation, and the strategy train applies.\n\n"
+                        "example: radflow class-balance runs/examples runs/class_balance --strategy oversample"))
     p.add_argument("examples", metavar="EXAMPLES", help="an ingest output")
     p.add_argument("out", metavar="OUT", help="output directory")
-    p.add_argument("--strategy", choices=("class_weights", "none"), help="how train handles imbalance")
+    p.add_argument("--strategy", choices=STRATEGIES, help="how train handles imbalance (default class_weights)")
 
     p = with_config(add("train", cmd_train, "train and export the baseline CNN",
                         "Trains under the machine's tf.distribute strategy and exports OUT/saved_model\n"

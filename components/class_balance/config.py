@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+CLASS_WEIGHTS, OVERSAMPLE, NONE = "class_weights", "oversample", "none"
+STRATEGIES = (CLASS_WEIGHTS, OVERSAMPLE, NONE)
+
 
 @dataclass(frozen=True)
 class ClassBalanceConfig:
-    strategy: str = "class_weights"  # class_weights: weight the loss by n_total / (n_classes * n_c); none: ignore
+    # class_weights: weight the loss by n_total / (n_classes * n_c); oversample: train draws every class
+    # equally often in tf.data (sampling_weights); none: train on the data as it is.
+    strategy: str = CLASS_WEIGHTS  # the usual choice for moderate imbalance: keeps all data, no repeated images

@@ -1,15 +1,24 @@
-"""validate: profile every split with TFDV and check it against a schema before anything trains on it.
+"""validate: profile every split with TFDV and stop the run before training on data it should not trust.
 
-Statistics are computed over the scalar per-image features only (label, original size, intensity,
-source format), never the pixel bytes. The schema is either a curated one (`schema_path`) or
-inferred from train with the label domain pinned to `metadata.json`, so a label that ingest never
-declared fails here rather than as a silent extra class in training. An empty split is an anomaly
-too: train, model selection and the evaluation gate each need theirs.
+One Beam pipeline (DirectRunner here, any runner via the config) reads every split once and
+computes TFDV statistics over the per-image features stored beside the pixels (label, original
+size, aspect ratio, bit depth, source format, intensity mean/std/percentiles, near-black and
+near-white shares), never the pixel bytes, and counts distinct patients per class per split.
+
+Three checks follow, each naming split, feature, what was expected and what was found:
+- schema: every split against the curated schema (`schema_name`, see schema.py), or against one
+  inferred from train on a first run (written as an artifact, to be frozen);
+- drift: this run's train against the train statistics of the last blessed run (`baseline`, kept
+  by push beside each published version);
+- skew: val and test against train.
+Drift and skew use Jensen-Shannon divergence on numeric features and L-infinity distance on
+categorical ones (drift.py); over a threshold they block or warn, as configured. An empty split
+is an anomaly too.
 
 `validation.json` is written last, so its presence means validate finished; the run then fails
-(by default) if anything was found, after writing the report that explains why.
+(by default) if anything blocking was found, after writing the reports that explain why.
 
-    radflow validate runs/examples runs/validation
+    radflow validate runs/examples runs/validation --serving-root models
 """
 
 from __future__ import annotations
@@ -19,16 +28,23 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
+import apache_beam as beam
+import pyarrow as pa
 import tensorflow as tf
 import tensorflow_data_validation as tfdv
 from apache_beam.options.pipeline_options import PipelineOptions
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
+from tfx_bsl.public.tfxio import TFExampleRecord
 
 from radflow import examples as ex
 from radflow import fileio
-from radflow.components.validate.config import ValidateConfig
+from radflow.components.push import layout
+from radflow.components.validate import drift as dr
+from radflow.components.validate import schema as sc
+from radflow.components.validate.config import ACTIONS, BLOCK, ValidateConfig
+from radflow.components.validate.report import write_statistics_html
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +52,12 @@ log = logging.getLogger(__name__)
 # inferred from train would flag every test patient. Patients are counted, not profiled.
 PROFILED_FEATURES = tuple(f for f in ex.SCALAR_FEATURES if f != ex.PATIENT_KEY)
 STATISTICS_DIR = "statistics"  # <split>.pb: binary DatasetFeatureStatisticsList per split
-SCHEMA_FILE = "schema.pbtxt"  # the schema every split was validated against
-REPORT_FILE = "anomalies.md"  # human-readable report
-RESULT_FILE = "validation.json"  # machine-readable result; written last
+# The file push keeps beside each published version; the next run's drift baseline.
+TRAIN_STATISTICS = os.path.join(STATISTICS_DIR, "train.pb")
+SCHEMA_FILE = sc.SCHEMA_FILE  # the schema every split was validated against
+REPORT_FILE = "anomalies.md"  # human-readable verdict: anomalies, warnings, drift, patients
+HTML_FILE = "statistics.html"  # per-feature histograms and summaries per split, self-contained
+RESULT_FILE = sc.RESULT_FILE  # machine-readable result; written last
 
 # Why each split must not be empty, for the anomaly line.
 _SPLIT_NEEDS = {
@@ -49,15 +68,35 @@ _SPLIT_NEEDS = {
 
 
 @dataclass(frozen=True)
+class Comparison:
+    """Drift of one dataset against a reference, feature by feature.
+
+    Args:
+        name: what was compared, e.g. "split 'test' vs split 'train'".
+        kind: "drift" (vs the last blessed run) or "skew" (between splits); decides the configured action.
+        drifts: one per shared feature, exceeded or not.
+        num_examples: examples on the smaller side; below ValidateConfig.min_examples nothing is acted on.
+    """
+
+    name: str
+    kind: str
+    drifts: list[dr.Drift]
+    num_examples: int
+
+
+@dataclass(frozen=True)
 class ValidationResult:
     out_dir: str
     passed: bool
-    anomalies: list[str]  # one readable line per anomaly: split, feature, what was expected, what was found
+    anomalies: list[str]  # one readable line per blocking finding: split, feature, what was expected, what was found
     num_examples: dict[str, int]  # split -> examples, from the statistics
+    warnings: list[str] = field(default_factory=list)  # findings configured to warn, same form as anomalies
+    patients: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> class -> distinct patients
+    comparisons: list[Comparison] = field(default_factory=list)  # drift and skew, every feature
 
 
 class DataValidationError(RuntimeError):
-    """The data broke the schema or a split is unusable; the message lists why and names the report."""
+    """The data broke the schema, drifted, or a split is unusable; the message lists why and names the report."""
 
 
 @contextlib.contextmanager
@@ -72,46 +111,61 @@ def _quiet_beam() -> Iterator[None]:
         beam_log.setLevel(previous)
 
 
-def _statistics(
-    examples_dir: str, split: str, scratch_dir: str, config: ValidateConfig
-) -> statistics_pb2.DatasetFeatureStatisticsList:
-    """Runs TFDV over one split's shards, profiling only the scalar features.
+def _label_patient_pairs(batch: pa.RecordBatch) -> list[tuple[str, str]]:
+    """(label_name, patient_key) of every example in a batch; "" where an example has no patient key."""
 
-    TFDV writes its result through Beam; the scratch file lives under `out_dir` rather than a local
-    temp dir so that remote runners (which cannot see this machine's /tmp) can write it too.
+    def column(name: str) -> list[bytes]:
+        index = batch.schema.get_field_index(name)
+        values = batch.column(index).to_pylist() if index >= 0 else [None] * batch.num_rows
+        return [v[0] if v else b"" for v in values]
+
+    return [(lab.decode(), key.decode()) for lab, key in zip(column(ex.LABEL_NAME), column(ex.PATIENT_KEY),
+                                                              strict=True)]
+
+
+def _patients(pairs_with_counts: tuple[tuple[str, str], int]) -> tuple[str, int]:
+    """A (label, patient) group as patients of that label: an image without a key is its own patient."""
+    (label, key), images = pairs_with_counts
+    return label, 1 if key else images
+
+
+def _profile(
+    examples_dir: str, splits: list[str], scratch_dir: str, config: ValidateConfig
+) -> tuple[dict[str, statistics_pb2.DatasetFeatureStatisticsList], dict[str, dict[str, int]]]:
+    """One Beam pipeline over all `splits`: TFDV statistics of the scalar features, and patients per class.
+
+    Results go through files under `scratch_dir` (inside `out_dir`) rather than a local temp dir,
+    so that remote runners, which cannot see this machine's /tmp, can write them too.
     """
     options = tfdv.StatsOptions(feature_allowlist=list(PROFILED_FEATURES))
-    scratch = os.path.join(scratch_dir, f"{split}.tfrecord")
-    with _quiet_beam():
-        stats = tfdv.generate_statistics_from_tfrecord(
-            data_location=ex.shard_pattern(examples_dir, split),
-            output_path=scratch,
-            stats_options=options,
-            pipeline_options=PipelineOptions([f"--runner={config.runner}", *config.beam_args]),
-        )
-    tf.io.gfile.remove(scratch)
-    return stats
+    paths = {s: (os.path.join(scratch_dir, f"{s}.pb"), os.path.join(scratch_dir, f"{s}-patients.json"))
+             for s in splits}
+    with _quiet_beam(), beam.Pipeline(
+        options=PipelineOptions([f"--runner={config.runner}", *config.beam_args])
+    ) as pipeline:
+        for split in splits:
+            stats_path, patients_path = paths[split]
+            source = TFExampleRecord(ex.shard_pattern(examples_dir, split), telemetry_descriptors=["radflow"])
+            batches = pipeline | f"Read[{split}]" >> source.BeamSource()
+            _ = (batches
+                 | f"Statistics[{split}]" >> tfdv.GenerateStatistics(options)
+                 | f"WriteStatistics[{split}]" >> tfdv.WriteStatisticsToBinaryFile(stats_path))
+            _ = (batches
+                 | f"LabelPatient[{split}]" >> beam.FlatMap(_label_patient_pairs)
+                 | f"ImagesPerPatient[{split}]" >> beam.combiners.Count.PerElement()
+                 | f"Patients[{split}]" >> beam.Map(_patients)
+                 | f"PerClass[{split}]" >> beam.CombinePerKey(sum)
+                 | f"ToDict[{split}]" >> beam.combiners.ToDict()
+                 | f"Json[{split}]" >> beam.Map(lambda d: json.dumps(d, sort_keys=True))
+                 | f"WritePatients[{split}]" >> beam.io.WriteToText(patients_path, shard_name_template=""))
+    stats = {s: tfdv.load_stats_binary(paths[s][0]) for s in splits}
+    patients = {s: json.loads(fileio.read_text(paths[s][1])) for s in splits}
+    tf.io.gfile.rmtree(scratch_dir)
+    return stats, patients
 
 
 def _num_examples(stats: statistics_pb2.DatasetFeatureStatisticsList) -> int:
     return int(stats.datasets[0].num_examples) if stats.datasets else 0
-
-
-def _pin_label_domain(schema: schema_pb2.Schema, metadata: ex.DatasetMetadata) -> None:
-    """Replaces the label domains inferred from train by the ones metadata.json declares.
-
-    Inference only knows the values train happens to contain; the metadata says which exist.
-    """
-    # Setting a member of the domain_info oneof replaces whatever domain inference chose.
-    names = schema_pb2.StringDomain(name=ex.LABEL_NAME, value=metadata.label_names)
-    tfdv.get_feature(schema, ex.LABEL_NAME).string_domain.CopyFrom(names)
-    labels = schema_pb2.IntDomain(name=ex.LABEL, min=0, max=metadata.num_classes - 1)
-    tfdv.get_feature(schema, ex.LABEL).int_domain.CopyFrom(labels)
-    # infer_schema put label_name's values in a schema-level domain; drop it now that nothing refers to it.
-    referenced = {f.domain for f in schema.feature if f.WhichOneof("domain_info") == "domain"}
-    kept = [d for d in schema.string_domain if d.name != ex.LABEL_NAME or d.name in referenced]
-    del schema.string_domain[:]
-    schema.string_domain.extend(kept)
 
 
 def _expected(schema: schema_pb2.Schema, path: str) -> str:
@@ -160,98 +214,190 @@ def _describe(split: str, anomalies: anomalies_pb2.Anomalies, schema: schema_pb2
     return lines
 
 
-def _report(result: ValidationResult, schema_source: str) -> str:
-    """The Markdown report: examples per split, then the anomalies (or that there are none)."""
-    rows = "\n".join(f"| {split} | {n} |" for split, n in result.num_examples.items())
-    body = "\n".join(f"- {line}" for line in result.anomalies) if result.anomalies else "No anomalies."
-    status = "passed" if result.passed else f"FAILED ({len(result.anomalies)} anomalies)"
-    return (
-        f"# Data validation: {status}\n\n"
-        f"Schema: {schema_source}\n\n"
-        f"| split | examples |\n|---|---|\n{rows}\n\n"
-        f"## Anomalies\n\n{body}\n"
+def _load_schema(
+    config: ValidateConfig, train: statistics_pb2.DatasetFeatureStatisticsList | None, metadata: ex.DatasetMetadata
+) -> tuple[schema_pb2.Schema | None, str]:
+    """The schema to validate against and where it came from: explicit path, curated name, or inferred."""
+    if config.schema_path:
+        return tfdv.load_schema_text(config.schema_path), config.schema_path
+    curated = sc.curated_path(config.schema_name) if config.schema_name else ""
+    if curated and tf.io.gfile.exists(curated):
+        return tfdv.load_schema_text(curated), f"curated {config.schema_name!r} ({curated})"
+    if train is None:
+        return None, "none (no curated schema and an empty train split to infer one from)"
+    missing = f"no curated schema {config.schema_name!r} yet; " if config.schema_name else ""
+    log.info("validate: %sinferring the schema from train (freeze it with `radflow schema freeze`)", missing)
+    return sc.infer(train, metadata), f"inferred from train ({missing}freeze it with `radflow schema freeze RUN`)"
+
+
+def last_blessed_statistics(serving_root: str, model_name: str) -> str:
+    """The train statistics kept beside the highest published version, the drift baseline; "" if none.
+
+    Args:
+        serving_root: TF Serving's model base (local or gs://); "" for none.
+        model_name: the pushed model's name.
+
+    Returns:
+        The statistics file, or "" when nothing is published yet or the last version kept no statistics.
+    """
+    if not serving_root:
+        return ""
+    model_root = os.path.join(serving_root, model_name)
+    version = layout.live_version(model_root)
+    if version is None:
+        log.info("validate: nothing published under %s yet; no drift baseline, drift not checked", model_root)
+        return ""
+    path = os.path.join(layout.version_path(model_root, version), layout.LINEAGE_DIR, layout.TRAIN_STATISTICS_FILE)
+    if not tf.io.gfile.exists(path):
+        log.info("validate: version %d kept no %s; drift not checked", version, layout.TRAIN_STATISTICS_FILE)
+        return ""
+    log.info("validate: drift baseline: version %d's train statistics %s", version, path)
+    return path
+
+
+def _compare(
+    stats: dict[str, statistics_pb2.DatasetFeatureStatisticsList], baseline: str, config: ValidateConfig
+) -> list[Comparison]:
+    """Train against the baseline (drift), then val and test against train (skew)."""
+    if "train" not in stats:
+        return []
+    train = stats["train"].datasets[0]
+    pairs = []
+    if baseline:
+        pairs.append((f"split 'train' vs the last blessed run's train ({baseline})", "drift", train,
+                      tfdv.load_stats_binary(baseline).datasets[0]))
+    pairs.extend((f"split {split!r} vs split 'train'", "skew", stats[split].datasets[0], train)
+                 for split in ("val", "test") if split in stats)
+    return [Comparison(name, kind, dr.compare(current, reference, config.thresholds),
+                       int(min(current.num_examples, reference.num_examples)))
+            for name, kind, current, reference in pairs]
+
+
+def _report(result: ValidationResult, schema_source: str, min_examples: int) -> str:
+    """The Markdown report: the verdict, examples and patients per split, findings, then every comparison."""
+    classes = sorted({c for per_class in result.patients.values() for c in per_class})
+    header = "| split | examples | " + " | ".join(f"patients {c}" for c in classes) + " |"
+    rows = "\n".join(
+        f"| {split} | {n} | " + " | ".join(str(result.patients.get(split, {}).get(c, 0)) for c in classes) + " |"
+        for split, n in result.num_examples.items()
     )
+    anomalies = "\n".join(f"- {line}" for line in result.anomalies) or "No anomalies."
+    warnings = "\n".join(f"- {line}" for line in result.warnings) or "No warnings."
+    status = "passed" if result.passed else f"FAILED ({len(result.anomalies)} anomalies)"
+    parts = [
+        f"# Data validation: {status}\n\nSchema: {schema_source}\n",
+        f"{header}\n|{'---|' * (2 + len(classes))}\n{rows}\n",
+        f"## Anomalies\n\n{anomalies}\n",
+        f"## Warnings\n\n{warnings}\n",
+    ]
+    for comparison in result.comparisons:
+        table = "\n".join(
+            f"| {d.feature} | {d.metric} | {d.value:.3f} | {d.threshold:g} | {'EXCEEDED' if d.exceeded else 'ok'} "
+            f"| {d.detail} |"
+            for d in comparison.drifts
+        )
+        note = ("" if comparison.num_examples >= min_examples else
+                f"Only {comparison.num_examples} examples on one side (< min_examples {min_examples}): "
+                "reported, not acted on.\n\n")
+        parts.append(f"## {comparison.kind.capitalize()}: {comparison.name}\n\n{note}"
+                     f"| feature | metric | found | max | | what moved |\n|---|---|---|---|---|---|\n{table}\n")
+    return "\n".join(parts)
 
 
-def validate(examples_dir: str, out_dir: str, config: ValidateConfig = ValidateConfig()) -> ValidationResult:
-    """Computes statistics per split, checks them against a schema and writes the verdict.
+def validate(
+    examples_dir: str, out_dir: str, config: ValidateConfig = ValidateConfig(), baseline: str = ""
+) -> ValidationResult:
+    """Computes statistics per split, checks schema, drift and skew, and writes the verdict.
 
     Args:
         examples_dir: a finished ingest output (shards per split and metadata.json).
-        out_dir: where statistics/<split>.pb, schema.pbtxt, anomalies.md and validation.json go.
-        config: the schema to use, whether anomalies fail the run, and the Beam runner.
+        out_dir: receives statistics/<split>.pb, schema.pbtxt, anomalies.md, statistics.html and, last,
+            validation.json.
+        config: the schema, thresholds and actions, whether anomalies fail the run, and the Beam runner.
+        baseline: the last blessed run's train statistics (see `last_blessed_statistics`); "" = no drift check.
 
     Returns:
         The verdict; `passed` is False only when `config.fail_on_anomalies` is off.
 
     Raises:
-        FileNotFoundError: `examples_dir` has no metadata.json, or `config.schema_path` is missing.
-        DataValidationError: anomalies were found and `config.fail_on_anomalies` is set; the
+        FileNotFoundError: `examples_dir` has no metadata.json, or the schema or baseline is missing.
+        ValueError: an action in the config is neither "block" nor "warn".
+        DataValidationError: something blocking was found and `config.fail_on_anomalies` is set; the
             outputs are written first.
     """
     metadata = ex.read_metadata(examples_dir)
-    if config.schema_path and not tf.io.gfile.exists(config.schema_path):
-        raise FileNotFoundError(f"schema_path {config.schema_path!r} does not exist")
+    for name, action in (("drift_action", config.drift_action), ("skew_action", config.skew_action)):
+        if action not in ACTIONS:
+            raise ValueError(f"validate {name} {action!r} is not one of {ACTIONS}")
+    for what, path in (("schema_path", config.schema_path), ("baseline", baseline)):
+        if path and not tf.io.gfile.exists(path):
+            raise FileNotFoundError(f"{what} {path!r} does not exist")
     tf.io.gfile.makedirs(out_dir)
     stale = os.path.join(out_dir, RESULT_FILE)
     if tf.io.gfile.exists(stale):  # a rerun must not look finished, or passed, before it is
         tf.io.gfile.remove(stale)
-    scratch_dir = os.path.join(out_dir, STATISTICS_DIR, ".tfdv-scratch")
 
     anomalies: list[str] = []
-    stats: dict[str, statistics_pb2.DatasetFeatureStatisticsList] = {}
     num_examples: dict[str, int] = {}
+    present = []
     for split in ex.SPLITS:
         expected = metadata.split_size(split)
         if not ex.split_files(examples_dir, split) or expected == 0:
             why = "it has no shards" if expected else "metadata.json counts 0 examples"
             anomalies.append(f"split {split!r} is empty ({why}): {_SPLIT_NEEDS[split]}")
             num_examples[split] = 0
-            continue
-        stats[split] = _statistics(examples_dir, split, scratch_dir, config)
+        else:
+            present.append(split)
+    stats, patients = (
+        _profile(examples_dir, present, os.path.join(out_dir, ".scratch"), config) if present else ({}, {})
+    )
+    for split in present:
         num_examples[split] = found = _num_examples(stats[split])
-        log.info("validate: split %s has %d examples", split, found)
-        if found != expected:
-            anomalies.append(
-                f"split {split!r}: the shards hold {found} examples but metadata.json counts {expected}"
-            )
-        fileio.write_bytes_atomic(
-            os.path.join(out_dir, STATISTICS_DIR, f"{split}.pb"), stats[split].SerializeToString()
-        )
-    if tf.io.gfile.exists(scratch_dir):
-        tf.io.gfile.rmtree(scratch_dir)
+        log.info("validate: split %s has %d examples, patients per class %s", split, found, patients[split])
+        if found != metadata.split_size(split):
+            anomalies.append(f"split {split!r}: the shards hold {found} examples but metadata.json counts "
+                             f"{metadata.split_size(split)}")
+        path = os.path.join(out_dir, STATISTICS_DIR, f"{split}.pb")
+        fileio.write_bytes_atomic(path, stats[split].SerializeToString())
 
-    schema: schema_pb2.Schema | None
-    if config.schema_path:
-        schema, schema_source = tfdv.load_schema_text(config.schema_path), config.schema_path
-    elif "train" in stats and num_examples["train"]:
-        schema = tfdv.infer_schema(stats["train"])
-        _pin_label_domain(schema, metadata)
-        schema_source = "inferred from train, label domain from metadata.json"
-    else:
-        schema, schema_source = None, "none (no curated schema and an empty train split to infer one from)"
+    schema, schema_source = _load_schema(config, stats.get("train") if num_examples.get("train") else None, metadata)
     if schema is not None:
         tfdv.write_schema_text(schema, os.path.join(out_dir, SCHEMA_FILE))
         for split, split_stats in stats.items():
             if num_examples[split]:
                 anomalies.extend(_describe(split, tfdv.validate_statistics(split_stats, schema), schema))
 
-    result = ValidationResult(out_dir, not anomalies, anomalies, num_examples)
+    comparisons = _compare({s: st for s, st in stats.items() if num_examples[s]}, baseline, config)
+    warnings: list[str] = []
+    for comparison in comparisons:
+        found = [d.describe(comparison.name) for d in comparison.drifts if d.exceeded]
+        if found and comparison.num_examples < config.min_examples:
+            log.info("validate: %s: %d features over a threshold, but only %d examples (min_examples %d): "
+                     "not acted on", comparison.name, len(found), comparison.num_examples, config.min_examples)
+            continue
+        action = config.drift_action if comparison.kind == "drift" else config.skew_action
+        (anomalies if action == BLOCK else warnings).extend(found)
+
+    result = ValidationResult(out_dir, not anomalies, anomalies, num_examples, warnings, patients, comparisons)
     report_path = os.path.join(out_dir, REPORT_FILE)
-    fileio.write_text_atomic(report_path, _report(result, schema_source))
-    fileio.write_text_atomic(
-        os.path.join(out_dir, RESULT_FILE),
-        json.dumps({k: v for k, v in asdict(result).items() if k != "out_dir"}, indent=2),
-    )
+    fileio.write_text_atomic(report_path, _report(result, schema_source, config.min_examples))
+    baseline_stats = tfdv.load_stats_binary(baseline) if baseline else None
+    write_statistics_html(os.path.join(out_dir, HTML_FILE), stats, baseline_stats, result, schema_source,
+                          config.min_examples)
+    fileio.write_text_atomic(os.path.join(out_dir, RESULT_FILE), _to_json(result))
+    for line in warnings:
+        log.warning("validate: warning: %s", line)
     for line in anomalies:
         log.warning("validate: %s", line)
     log.info("validate: %s; examples per split %s", "passed" if result.passed else "FAILED", num_examples)
     if anomalies and config.fail_on_anomalies:
         listing = "\n".join(f"  - {line}" for line in anomalies)
-        raise DataValidationError(
-            f"data validation found {len(anomalies)} anomalies:\n{listing}\nSee {report_path}"
-        )
+        raise DataValidationError(f"data validation found {len(anomalies)} anomalies:\n{listing}\nSee {report_path}")
     return result
+
+
+def _to_json(result: ValidationResult) -> str:
+    return json.dumps({k: v for k, v in asdict(result).items() if k != "out_dir"}, indent=2)
 
 
 def read_result(out_dir: str) -> ValidationResult:
@@ -269,4 +415,10 @@ def read_result(out_dir: str) -> ValidationResult:
         passed=bool(raw["passed"]),
         anomalies=[str(a) for a in raw["anomalies"]],
         num_examples={s: int(n) for s, n in raw["num_examples"].items()},
+        warnings=[str(w) for w in raw.get("warnings", [])],
+        patients={s: {c: int(n) for c, n in per.items()} for s, per in raw.get("patients", {}).items()},
+        comparisons=[
+            Comparison(c["name"], c["kind"], [dr.Drift(**d) for d in c["drifts"]], int(c["num_examples"]))
+            for c in raw.get("comparisons", [])
+        ],
     )

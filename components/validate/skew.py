@@ -1,0 +1,138 @@
+"""Serving skew: do the images the server receives look like the ones the model was trained on?
+
+The serving request log hands `serving_skew` a batch of request images exactly as the
+`serving_default` signature receives them (encoded bytes). Each is decoded with the signature's
+own `decode_image` and measured with the `ImageFeatures.measure` ingest uses, so a feature means
+the same thing on both sides; the batch's TFDV statistics are then compared with the training
+statistics push keeps beside the served version (<version>/radflow_lineage/train_statistics.pb).
+
+    report = serving_skew(request_bytes, load_statistics(".../3/radflow_lineage/train_statistics.pb"))
+    for line in report.describe(): log.warning(line)
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+import tensorflow_data_validation as tfdv
+from PIL import Image, UnidentifiedImageError
+from tensorflow_metadata.proto.v0 import statistics_pb2
+
+from radflow import examples as ex
+from radflow.components.validate import drift as dr
+from radflow.components.validate.config import DriftThresholds
+from radflow.preprocessing import decode_image
+
+# Requests carry no label and no patient: the image-derived features are what can be compared.
+REQUEST_FEATURES = tuple(f for f in ex.SCALAR_FEATURES if f not in (ex.LABEL, ex.LABEL_NAME, ex.PATIENT_KEY))
+
+
+@dataclass(frozen=True)
+class SkewReport:
+    """A batch of requests compared with the training statistics.
+
+    Args:
+        num_images: images in the batch.
+        undecodable: images the signature could not decode either (not measured).
+        drifts: one per image feature, exceeded or not.
+    """
+
+    num_images: int
+    undecodable: int
+    drifts: list[dr.Drift]
+
+    @property
+    def exceeded(self) -> list[dr.Drift]:
+        return [d for d in self.drifts if d.exceeded]
+
+    def describe(self) -> list[str]:
+        """One line per exceeded threshold, naming the feature, the limit and what was found."""
+        name = f"serving requests ({self.num_images - self.undecodable} images) vs training"
+        return [d.describe(name) for d in self.exceeded]
+
+
+def load_statistics(path: str) -> statistics_pb2.DatasetFeatureStatisticsList:
+    """Reads a binary DatasetFeatureStatisticsList, e.g. a published version's train statistics."""
+    return tfdv.load_stats_binary(path)
+
+
+def measure_encoded(image_bytes: bytes, channels: int = 1) -> ex.ImageFeatures:
+    """The per-image features of one encoded image, computed as ingest computes them.
+
+    Args:
+        image_bytes: a JPEG, PNG, BMP or GIF file's bytes, as the serving signature receives them.
+        channels: the model's channels (metadata.json), 1 for grayscale.
+
+    Returns:
+        The image's features (no patient key: a request has none).
+
+    Raises:
+        ValueError: the bytes are not an image the signature can decode.
+    """
+    try:
+        with Image.open(io.BytesIO(image_bytes)) as probe:
+            source_format = probe.format
+        pixels = decode_image(tf.constant(image_bytes), channels).numpy()
+    except (UnidentifiedImageError, tf.errors.InvalidArgumentError) as err:
+        raise ValueError(f"not a decodable image: {err}") from err
+    # decode_image yields uint8, so the measured bit depth is 8, as in ingest.
+    return ex.ImageFeatures.measure(pixels, source_format, bit_depth=8)
+
+
+def request_statistics(
+    features: Sequence[ex.ImageFeatures],
+) -> statistics_pb2.DatasetFeatureStatisticsList:
+    """TFDV statistics of measured images, typed as the examples store them (int64, float32, string)."""
+    rows = {
+        ex.ORIG_HEIGHT: np.array([f.orig_height for f in features], np.int64),
+        ex.ORIG_WIDTH: np.array([f.orig_width for f in features], np.int64),
+        ex.SOURCE_FORMAT: [f.source_format for f in features],
+        ex.BIT_DEPTH: np.array([f.bit_depth for f in features], np.int64),
+        ex.ASPECT_RATIO: np.array([f.orig_width / f.orig_height for f in features], np.float32),
+        ex.MEAN_INTENSITY: np.array([f.mean for f in features], np.float32),
+        ex.STD_INTENSITY: np.array([f.std for f in features], np.float32),
+        ex.P05_INTENSITY: np.array([f.p05 for f in features], np.float32),
+        ex.P50_INTENSITY: np.array([f.p50 for f in features], np.float32),
+        ex.P95_INTENSITY: np.array([f.p95 for f in features], np.float32),
+        ex.NEAR_BLACK_FRACTION: np.array([f.near_black for f in features], np.float32),
+        ex.NEAR_WHITE_FRACTION: np.array([f.near_white for f in features], np.float32),
+    }
+    return tfdv.generate_statistics_from_dataframe(pd.DataFrame({k: rows[k] for k in REQUEST_FEATURES}))
+
+
+def serving_skew(
+    image_bytes: Sequence[bytes],
+    train_statistics: statistics_pb2.DatasetFeatureStatisticsList,
+    thresholds: DriftThresholds = DriftThresholds(),
+    channels: int = 1,
+) -> SkewReport:
+    """Compares a batch of serving requests with the training statistics.
+
+    Args:
+        image_bytes: the requests' encoded images (what `serving_default` receives as `image_bytes`).
+        train_statistics: the training split's statistics (validate's statistics/train.pb, kept by push).
+        thresholds: the drift limits (ValidateConfig.thresholds).
+        channels: the model's channels.
+
+    Returns:
+        The per-feature drift; undecodable requests are counted, not measured.
+
+    Raises:
+        ValueError: no request in the batch could be decoded, so there is nothing to compare.
+    """
+    measured = []
+    for data in image_bytes:
+        try:
+            measured.append(measure_encoded(data, channels))
+        except ValueError:
+            continue
+    if not measured:
+        raise ValueError(f"none of the {len(image_bytes)} request images could be decoded; nothing to compare")
+    current = request_statistics(measured).datasets[0]
+    drifts = dr.compare(current, train_statistics.datasets[0], thresholds)
+    return SkewReport(len(image_bytes), len(image_bytes) - len(measured), drifts)
