@@ -225,6 +225,19 @@ def test_model_card_is_self_contained_with_every_section(evaluation):
         assert os.path.getsize(os.path.join(out, plot)) > 3000, plot
 
 
+def test_explained_examples_take_classes_in_turn_and_the_most_confident_errors():
+    from types import SimpleNamespace
+
+    from radflow.components.evaluate.model_card import _pick_examples
+
+    p = np.array([0.95, 0.9, 0.8, 0.1, 0.4, 0.7, 0.05])
+    labels = np.array([1, 1, 1, 0, 1, 0, 1])  # at 0.5: 0.4 and 0.05 are missed positives, 0.7 a false positive
+    test = SimpleNamespace(scores=np.stack([1 - p, p], axis=1), labels=labels)
+    correct, wrong = _pick_examples(SimpleNamespace(threshold=0.5), test, 3)
+    assert correct == [3, 0, 1]  # NORMAL's only correct image, then PNEUMONIA's most confident ones
+    assert wrong == [6, 5, 4]  # farthest from the threshold first
+
+
 def _worse_copy(good_model_dir: str, metadata: ex.DatasetMetadata, out: str) -> str:
     """The good model with its output layer's weights zeroed: a constant predictor, ROC AUC 0.5."""
     model = keras.models.load_model(os.path.join(good_model_dir, KERAS_MODEL_FILE), compile=False)

@@ -106,6 +106,7 @@ def test_good_model_is_pushed_with_its_threshold_and_lineage(good_model_dir, eva
     copied = version_dir / LINEAGE_DIR / TRAIN_STATISTICS_FILE
     assert copied.read_bytes() == open(os.path.join(statistics_dir, "statistics", "train.pb"), "rb").read()
     assert (version_dir / LINEAGE_DIR / LINEAGE_FILE).exists()
+    assert (version_dir / LINEAGE_DIR / KERAS_MODEL_FILE).exists()  # for Grad-CAM on the served version
     # The Keras model the review page explains (Grad-CAM) is published with the version it belongs to.
     assert (version_dir / LINEAGE_DIR / "model.keras").read_bytes() == open(
         os.path.join(good_model_dir, "model.keras"), "rb").read()

@@ -7,6 +7,7 @@ shown by the KFP UI as an HTML artifact without any other file.
 from __future__ import annotations
 
 import html
+import itertools
 import json
 import logging
 import os
@@ -142,7 +143,7 @@ def _pick_examples(result: EvaluationResult, test: Scored, n: int) -> tuple[list
     order = np.argsort(-confidence, kind="stable")
     wrong = [int(i) for i in order if predicted[i] != test.labels[i]][:n]
     per_class = [[int(i) for i in order if predicted[i] == test.labels[i] == c] for c in range(test.scores.shape[1])]
-    correct = [i for turn in zip(*(c + [None] * n for c in per_class), strict=True) for i in turn if i is not None]
+    correct = [i for turn in itertools.zip_longest(*per_class) for i in turn if i is not None]
     return correct[:n], wrong
 
 
