@@ -11,7 +11,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE ?= radflow:$(VERSION)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint compile sample image clean kind-up kind-e2e kind-down
+.PHONY: help setup run test lint compile sample image clean kind-up kind-e2e kind-down chromium
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ run: setup ## run the whole pipeline locally; DATA=path/to/chest_xray for your o
 
 test: setup ## run the test suite
 	$(BIN)/python -m pytest
+
+chromium: ## install Debian's chromium for the review page's browser tests (as root; skipped if present)
+	@command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
 lint: setup ## ruff
 	$(BIN)/ruff check .

@@ -309,6 +309,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_review(args: argparse.Namespace) -> int:
+    from radflow.serving.review.app import serve_review
+    from radflow.serving.review.config import ReviewConfig
+
+    base = args.model_base_path or os.path.join("models", args.model)
+    serve_review(ReviewConfig(server=args.server, model_base_path=base, model_name=args.model, port=args.port,
+                              save_uploads=args.save_uploads, timeout_s=args.timeout))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="radflow", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -494,6 +504,19 @@ def build_parser() -> argparse.ArgumentParser:
     pin.add_argument("--version", type=int, help="ask for this version (default: the latest served)")
     pin.add_argument("--label", help="ask for the version with this label, e.g. stable or canary")
     p.add_argument("--ca_cert", metavar="PEM", help="CA certificate of a TLS server")
+
+    p = add("review", cmd_review, "a web page to upload an X-ray and see the served answer with Grad-CAM",
+            "Serves a page on 127.0.0.1 where a JPEG, PNG or DICOM file is scored by the model server\n"
+            "(gRPC) and explained by Grad-CAM of the same version's model.keras. Uploads are kept in\n"
+            "memory only, unless --save-uploads names a folder. Not for clinical use.\n\n"
+            "example: radflow review --server localhost:8500 --model_base_path models/radflow")
+    p.add_argument("--server", default="localhost:8500", help="HOST:PORT of the model server's gRPC port")
+    p.add_argument("--model", default="radflow", help="model name (default radflow)")
+    p.add_argument("--model_base_path", help="the folder of the model's versions, as given to radflow serve "
+                   "(default models/<model>)")
+    p.add_argument("--port", type=int, default=8502, help="the page's port on 127.0.0.1 (default 8502)")
+    p.add_argument("--save-uploads", metavar="DIR", help="keep every uploaded file in DIR (default: keep nothing)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per call to the model server (default 10)")
     return parser
 
 

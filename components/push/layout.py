@@ -2,7 +2,7 @@
 
     <serving_root>/<model_name>/<version>/saved_model.pb, variables/, assets/threshold.txt
     <serving_root>/<model_name>/<version>/radflow_lineage/lineage.json, train_statistics.pb, canary.json,
-                                                           model.keras (for Grad-CAM), model.keras
+                                                           model.keras (for Grad-CAM)
 
 TF Serving's default version policy serves the highest integer directory, so the live version
 is the highest one. It ignores other directories, which is why lineage can sit beside the
