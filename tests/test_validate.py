@@ -298,6 +298,8 @@ def test_inferred_schema_carries_label_domain_ranges_and_presence(broken):
     assert (std.min, std.max) == (sc.MIN_STD_INTENSITY, 255.0)
     assert tfdv.get_feature(schema, ex.NEAR_BLACK_FRACTION).float_domain.max == 1.0
     assert all(f.presence.min_fraction == 1.0 for f in schema.feature)
+    for name in ex.HEADER_FEATURES.values():  # DICOM header text: required to be present, any value
+        assert tfdv.get_feature(schema, name).WhichOneof("domain_info") is None
 
 
 def test_missing_inputs_and_bad_actions_are_refused(tmp_path):

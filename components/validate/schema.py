@@ -2,10 +2,11 @@
 
 A first run infers a schema from train and adds what inference cannot know: the label domain
 (from metadata.json, not just the labels train happens to hold), the decodable source formats,
-and value ranges that follow from how the features are measured (intensities on 0-255, shares
-in 0-1, a non-constant image). `radflow schema freeze RUN` copies that schema into
-pipeline/schema/<name>.pbtxt, where people tighten it by hand and review changes like code;
-later runs validate against it (ValidateConfig.schema_name). The folder ships in the image.
+free values for the DICOM header fields, and value ranges that follow from how the features are
+measured (intensities on 0-255, shares in 0-1, a non-constant image). `radflow schema freeze RUN`
+copies that schema into pipeline/schema/<name>.pbtxt, where people tighten it by hand and review
+changes like code; later runs validate against it (ValidateConfig.schema_name). The folder ships
+in the image.
 
     radflow schema freeze runs/radflow-20260101-120000 --name chest_xray
 """
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 CURATED_DIR = os.path.join(os.path.dirname(radflow.pipeline.__file__), "schema")
 SCHEMA_FILE = "schema.pbtxt"  # the schema a validate output was checked against
 RESULT_FILE = "validation.json"  # written last by validate: a schema beside it belongs to a finished run
-SOURCE_FORMATS = ("BMP", "GIF", "JPEG", "PNG")  # what decode_image (and so ingest and serving) can read
+SOURCE_FORMATS = ("BMP", "DICOM", "GIF", "JPEG", "PNG")  # what ingest decodes
 # An image whose intensities barely vary (all black, all white, a flat test card) shows no anatomy.
 MIN_STD_INTENSITY = 1.0
 
@@ -78,17 +79,26 @@ def infer(train: statistics_pb2.DatasetFeatureStatisticsList, metadata: ex.Datas
     for name, (low, high) in _INT_RANGES.items():
         domain = schema_pb2.IntDomain(min=low) if high is None else schema_pb2.IntDomain(min=low, max=high)
         tfdv.get_feature(schema, name).int_domain.CopyFrom(domain)
+    for name in ex.HEADER_FEATURES.values():  # free text from DICOM headers: present, any value; drift watches them
+        feature = tfdv.get_feature(schema, name)
+        if feature.WhichOneof("domain_info"):
+            feature.ClearField(feature.WhichOneof("domain_info"))
+    _drop_unreferenced_domains(schema)
     return schema
 
 
-def _set_string_domain(schema: schema_pb2.Schema, feature: str, values: tuple[str, ...]) -> None:
-    """Gives `feature` exactly `values` as its domain, dropping the schema-level domain inference made for it."""
-    # Setting a member of the domain_info oneof replaces whatever domain inference chose.
-    tfdv.get_feature(schema, feature).string_domain.CopyFrom(schema_pb2.StringDomain(name=feature, value=values))
+def _drop_unreferenced_domains(schema: schema_pb2.Schema) -> None:
+    """Removes the schema-level string domains inference made that no feature refers to any more."""
     referenced = {f.domain for f in schema.feature if f.WhichOneof("domain_info") == "domain"}
     kept = [d for d in schema.string_domain if d.name in referenced]
     del schema.string_domain[:]
     schema.string_domain.extend(kept)
+
+
+def _set_string_domain(schema: schema_pb2.Schema, feature: str, values: tuple[str, ...]) -> None:
+    """Gives `feature` exactly `values` as its domain (its inferred schema-level domain is dropped later)."""
+    # Setting a member of the domain_info oneof replaces whatever domain inference chose.
+    tfdv.get_feature(schema, feature).string_domain.CopyFrom(schema_pb2.StringDomain(name=feature, value=values))
 
 
 def find_schema(run: str) -> str:

@@ -12,7 +12,6 @@ statistics push keeps beside the served version (<version>/radflow_lineage/train
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,15 +19,16 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 import tensorflow_data_validation as tfdv
-from PIL import Image, UnidentifiedImageError
 from tensorflow_metadata.proto.v0 import statistics_pb2
 
 from radflow import examples as ex
+from radflow.components.ingest import ingest
 from radflow.components.validate import drift as dr
 from radflow.components.validate.config import DriftThresholds
 from radflow.preprocessing import decode_image
 
-# Requests carry no label and no patient: the image-derived features are what can be compared.
+SERVED_FORMATS = ("BMP", "GIF", "JPEG", "PNG")  # what serving_default's decode_image accepts (no DICOM)
+# Requests carry no label, patient or DICOM header: the image-derived features are what can be compared.
 REQUEST_FEATURES = tuple(f for f in ex.SCALAR_FEATURES if f not in (ex.LABEL, ex.LABEL_NAME, ex.PATIENT_KEY))
 
 
@@ -62,26 +62,29 @@ def load_statistics(path: str) -> statistics_pb2.DatasetFeatureStatisticsList:
 
 
 def measure_encoded(image_bytes: bytes, channels: int = 1) -> ex.ImageFeatures:
-    """The per-image features of one encoded image, computed as ingest computes them.
+    """The per-image features of one encoded image, computed by the code ingest uses.
 
     Args:
         image_bytes: a JPEG, PNG, BMP or GIF file's bytes, as the serving signature receives them.
         channels: the model's channels (metadata.json), 1 for grayscale.
 
     Returns:
-        The image's features (no patient key: a request has none).
+        The image's features (no patient key or DICOM header: a request has none).
 
     Raises:
         ValueError: the bytes are not an image the signature can decode.
     """
+    # ingest's own format sniffing and bit-depth reading, so a request is described as ingest described
+    # the training images (private there; the serving-skew tests break if they change).
+    source_format = ingest._source_format(image_bytes)
+    if source_format not in SERVED_FORMATS:
+        raise ValueError(f"not an image the serving signature decodes ({source_format or 'unknown format'})")
     try:
-        with Image.open(io.BytesIO(image_bytes)) as probe:
-            source_format = probe.format
         pixels = decode_image(tf.constant(image_bytes), channels).numpy()
-    except (UnidentifiedImageError, tf.errors.InvalidArgumentError) as err:
-        raise ValueError(f"not a decodable image: {err}") from err
-    # decode_image yields uint8, so the measured bit depth is 8, as in ingest.
-    return ex.ImageFeatures.measure(pixels, source_format, bit_depth=8)
+    except tf.errors.InvalidArgumentError as err:
+        raise ValueError(f"not a decodable {source_format}: {err.message}") from err
+    bit_depth = ingest._png_bit_depth(image_bytes) if source_format == "PNG" else 8
+    return ex.ImageFeatures.measure(pixels, source_format, bit_depth=bit_depth)
 
 
 def request_statistics(

@@ -3,7 +3,8 @@
 One Beam pipeline (DirectRunner here, any runner via the config) reads every split once and
 computes TFDV statistics over the per-image features stored beside the pixels (label, original
 size, aspect ratio, bit depth, source format, intensity mean/std/percentiles, near-black and
-near-white shares), never the pixel bytes, and counts distinct patients per class per split.
+near-white shares, DICOM modality and view), never the pixel bytes, and counts distinct patients
+per class per split.
 
 Three checks follow, each naming split, feature, what was expected and what was found:
 - schema: every split against the curated schema (`schema_name`, see schema.py), or against one
@@ -49,8 +50,9 @@ from radflow.components.validate.report import write_statistics_html
 log = logging.getLogger(__name__)
 
 # The patient key is an identifier: its values differ between splits by design, so a domain
-# inferred from train would flag every test patient. Patients are counted, not profiled.
-PROFILED_FEATURES = tuple(f for f in ex.SCALAR_FEATURES if f != ex.PATIENT_KEY)
+# inferred from train would flag every test patient. Patients are counted, not profiled. The DICOM
+# header fields are ("" for other formats): a shift in modality or view position is drift.
+PROFILED_FEATURES = tuple(f for f in ex.SCALAR_FEATURES if f != ex.PATIENT_KEY) + tuple(ex.HEADER_FEATURES.values())
 STATISTICS_DIR = "statistics"  # <split>.pb: binary DatasetFeatureStatisticsList per split
 # The file push keeps beside each published version; the next run's drift baseline.
 TRAIN_STATISTICS = os.path.join(STATISTICS_DIR, "train.pb")
