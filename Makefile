@@ -11,7 +11,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE ?= radflow:$(VERSION)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint compile sample image clean kind-up kind-e2e kind-down chromium
+.PHONY: help setup run test lint compile sample image clean kind-up kind-e2e kind-down chromium serve
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ lint: setup ## ruff
 
 compile: setup ## compile the pipeline to radflow.yaml
 	$(BIN)/radflow compile --out radflow.yaml $(if $(CONFIG),--config "$(CONFIG)")
+
+serve: setup ## serve SERVING_ROOT/radflow with radflow serve (gRPC 127.0.0.1:8500, REST :8501) until Ctrl-C
+	$(BIN)/radflow serve --model_name radflow --model_base_path "$(SERVING_ROOT)/radflow"
 
 image: ## build the pipeline image radflow:<version> (needs a Docker engine)
 	docker build -t $(IMAGE) .
