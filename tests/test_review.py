@@ -336,3 +336,56 @@ def test_radflow_review_command_serves_the_page(served, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+HOT_CENTROID = """(id) => {
+  // Centroid of the hottest tenth of the heat map canvas (jet: hot is red, cold is blue), in canvas pixels.
+  const c = document.getElementById(id);
+  const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+  const hot = [];
+  for (let i = 0; i < d.length; i += 4) hot.push(d[i] - d[i + 2]);
+  const cut = [...hot].sort((a, b) => a - b)[Math.floor(0.9 * hot.length)];
+  let n = 0, row = 0, col = 0;
+  hot.forEach((h, i) => { if (h >= cut) { n++; row += Math.floor(i / c.width); col += i % c.width; } });
+  return {size: c.width, row: row / n, col: col / n};
+}"""
+
+
+def test_the_overlay_lies_on_the_evidence(good_model_dir, tmp_path, page):
+    """A model that learnt "a bright blob means PNEUMONIA": on the page, the heat sits on the blob.
+
+    The image is not square, so the check also covers the padding the model and the page share.
+    """
+    import io
+
+    from PIL import Image
+
+    base = str(tmp_path / MODEL)
+    os.makedirs(base)
+    publish(good_model_dir, base, 1)
+    server = start_model_server(base)
+    rng = np.random.default_rng(0)
+    pixels = rng.normal(90, 20, (12, 16))  # drawn like the training images (16 px), then shown 4x larger
+    pixels[1:6, 9:14] += 110
+    # 48 x 64 (rows x cols), padded to 64 x 64 with 8 rows above and below; the blob's centre is (14, 46),
+    # (22, 46) once padded.
+    pixels = np.kron(pixels, np.ones((4, 4)))
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buf, format="PNG")
+    try:
+        config = ReviewConfig(server=f"127.0.0.1:{server.grpc_port}", model_base_path=base, port=0)
+        with ReviewServer(config) as review:
+            upload(page, review.url, "blob.png", buf.getvalue(), "image/png")
+            page.wait_for_selector("#result[data-ready=true]", timeout=30_000)
+            assert page.inner_text("#decision") == "PNEUMONIA"
+            hot = page.evaluate(HOT_CENTROID, "heatmap")
+            screenshot(page, "blob")
+    finally:
+        server.stop()
+    assert hot["size"] == 64
+    # Grad-CAM of a small CNN is coarse (and this one never saw padding), so the check is relative: the
+    # heat is nearer the blob than to where a flipped or transposed overlay would put it.
+    distance = {name: np.hypot(hot["row"] - r, hot["col"] - c) for name, (r, c) in {
+        "blob": (22, 46), "flipped left-right": (22, 18), "flipped up-down": (42, 46), "transposed": (46, 22),
+        "rotated": (42, 18)}.items()}
+    assert min(distance, key=distance.get) == "blob", (hot, distance)
