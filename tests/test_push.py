@@ -71,8 +71,8 @@ def _visible(model_root) -> list[str]:
     return sorted(n for n in os.listdir(model_root) if n.isdigit()) if os.path.isdir(model_root) else []
 
 
-def test_unblessed_model_is_not_pushed(model_dir, tmp_path):
-    result = push(model_dir, _blessing(tmp_path, False), str(tmp_path / "serving"))
+def test_unblessed_model_is_not_pushed(good_model_dir, tmp_path):
+    result = push(good_model_dir, _blessing(tmp_path, False), str(tmp_path / "serving"))
     assert not result.pushed and "not blessed" in result.reason
     assert not (tmp_path / "serving").exists()
 

@@ -19,6 +19,7 @@ def evaluate(model: Input[Model], examples: Input[Dataset], config: dict, servin
         classification: ROC curve and confusion matrix for the KFP UI.
         report: the model card, rendered by the KFP UI.
     """
+    import math
     import shutil
 
     from radflow.components.evaluate.evaluate import EvaluateConfig
@@ -29,11 +30,12 @@ def evaluate(model: Input[Model], examples: Input[Dataset], config: dict, servin
 
     result = run_evaluate(model.path, examples.path, evaluation.path, from_dict(EvaluateConfig, config),
                           serving_root=serving_root, model_name=from_dict(PushConfig, push_config).model_name)
-    for name, value in result.metrics.items():
-        metrics.log_metric(name, value)
+    scalars = dict(result.metrics)
     for name, (low, high) in result.intervals.items():
-        metrics.log_metric(f"{name}_ci_low", low)
-        metrics.log_metric(f"{name}_ci_high", high)
+        scalars.update({f"{name}_ci_low": low, f"{name}_ci_high": high})
+    for name, value in scalars.items():
+        if math.isfinite(value):  # undefined metrics (e.g. NPV with no negatives) stay in metrics.json only
+            metrics.log_metric(name, value)
     if result.threshold is not None:
         metrics.log_metric("threshold", result.threshold)
     metrics.log_metric("blessed", float(result.blessing.blessed))
