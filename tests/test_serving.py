@@ -7,6 +7,7 @@ directories; servers run in-process on OS-chosen ports (one test starts the CLI 
 from __future__ import annotations
 
 import base64
+import glob
 import io
 import os
 import shutil
@@ -515,3 +516,50 @@ def test_classify_where_the_signature_allows_it(tmp_path, stub):
     with pytest.raises(grpc.RpcError) as err:
         stub[0].Classify(request, timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "classify" in err.value.details()
+
+
+def test_readiness_is_false_until_a_version_is_available(saved_model, tmp_path):
+    base = str(tmp_path / MODEL)
+    os.makedirs(base)
+    server = ModelServer(ServerConfig(port=0, rest_api_port=0, file_system_poll_wait_seconds=0.2),
+                         [single_model_config(MODEL, base)])
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            time.sleep(0.5)  # a few polls of an empty base path
+            assert requests.get(f"{rest(server)}/readyz", timeout=10).status_code == 503
+            assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == \
+                health_pb2.HealthCheckResponse.NOT_SERVING
+            assert requests.get(f"{rest(server)}/v1/models/{MODEL}", timeout=10).status_code == 404
+            publish(saved_model, base, 1)
+            assert server.wait_until_ready(60)
+            assert requests.get(f"{rest(server)}/readyz", timeout=10).json() == {"ready": True, "models": {MODEL: True}}
+            assert health.Check(health_pb2.HealthCheckRequest(service=MODEL), timeout=10).status == \
+                health_pb2.HealthCheckResponse.SERVING
+    finally:
+        server.stop()
+
+
+def test_request_log_keeps_images_only_when_asked(tmp_path):
+    from radflow.serving.request_log import RequestLogger, read_request_images, read_request_log
+
+    inputs = {"image_bytes": np.array([png(1), png(2)], dtype=object)}
+    outputs = {"scores": np.array([[0.2, 0.8], [0.6, 0.4]], np.float32), "threshold": np.array([0.5, 0.5], np.float32)}
+    without = RequestLogger(RequestLogConfig(str(tmp_path / "plain"), sampling_rate=1.0), seed=0)
+    assert without.log_predict(MODEL, 3, "serving_default", inputs, outputs)
+    assert not os.listdir(tmp_path / "plain")[0].endswith(".tfrecord")  # still in progress: not yet readable
+    assert read_request_log(str(tmp_path / "plain")) == []
+    without.close()
+    (entry,) = read_request_log(str(tmp_path / "plain"))
+    assert entry.log_metadata.model_spec.version.value == 3 and not entry.predict_log.request.inputs
+    np.testing.assert_allclose(tf.make_ndarray(entry.predict_log.response.outputs["scores"]), outputs["scores"])
+    assert read_request_images(str(tmp_path / "plain")) == []
+
+    sampled = RequestLogger(RequestLogConfig(str(tmp_path / "sampled"), sampling_rate=0.25, include_images=True,
+                                             max_records_per_file=10), seed=0)
+    logged = sum(sampled.log_predict(MODEL, 3, "serving_default", inputs, outputs) for _ in range(200))
+    sampled.close()
+    assert 30 <= logged <= 70  # ~25% of 200
+    assert len(glob.glob(str(tmp_path / "sampled" / "*.tfrecord"))) == -(-logged // 10)
+    assert read_request_images(str(tmp_path / "sampled")) == [png(1), png(2)] * logged
