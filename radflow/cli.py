@@ -288,13 +288,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from radflow.serving.client import ServingClient
 
-    ca = None
-    if args.ca_cert and not args.rest:
-        with open(args.ca_cert, "rb") as f:
-            ca = f.read()
     try:
         with ServingClient(args.server, args.model, version=args.version, label=args.label, rest=args.rest,
-                           root_certificates=ca, verify=args.ca_cert or True) as client:
+                           tls=args.tls, ca_cert=args.ca_cert) as client:
             predictions = client.predict_files(args.images)
     except grpc.RpcError as err:
         print(f"radflow predict: {args.server} answered {err.code().name}: {err.details()}", file=sys.stderr)
@@ -503,7 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     pin = p.add_mutually_exclusive_group()
     pin.add_argument("--version", type=int, help="ask for this version (default: the latest served)")
     pin.add_argument("--label", help="ask for the version with this label, e.g. stable or canary")
-    p.add_argument("--ca_cert", metavar="PEM", help="CA certificate of a TLS server")
+    p.add_argument("--tls", action="store_true", help="speak TLS, trusting the system's CAs")
+    p.add_argument("--ca_cert", metavar="PEM", help="speak TLS, trusting this CA certificate")
 
     p = add("review", cmd_review, "a web page to upload an X-ray and see the served answer with Grad-CAM",
             "Serves a page on 127.0.0.1 where a JPEG, PNG or DICOM file is scored by the model server\n"

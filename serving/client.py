@@ -26,6 +26,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, predict
 
 from radflow import dicom
 from radflow.components.train.train import CLASSES, SCORES, THRESHOLD
+from radflow.serving.flags import DEFAULT_MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -65,26 +66,31 @@ class ServingClient:
         rest: use REST instead of gRPC.
         signature: the signature to call.
         timeout: seconds per call.
-        root_certificates: PEM CA bundle to speak TLS (gRPC); for REST, a CA file path goes to `verify`.
+        tls: speak TLS (https for REST).
+        ca_cert: PEM file of the CA that signed the server's certificate; None trusts the system's CAs.
     """
 
     def __init__(self, server: str, model: str = "radflow", version: int | None = None, label: str | None = None,
                  rest: bool = False, signature: str = "serving_default", timeout: float = 30.0,
-                 root_certificates: bytes | None = None, verify: str | bool = True):
+                 tls: bool = False, ca_cert: str | None = None):
         if version is not None and label:
             raise ValueError("ask for a version or a label, not both")
         self.server, self.model, self.version, self.label = server, model, version, label
         self.rest, self.signature, self.timeout = rest, signature, timeout
         self._input_name: str | None = None
+        tls = tls or ca_cert is not None
         if rest:
             self._session = requests.Session()
-            self._verify = verify
-            self._base = f"{'https' if root_certificates or verify is not True else 'http'}://{server}"
+            self._verify = ca_cert or True
+            self._base = f"{'https' if tls else 'http'}://{server}"
         else:
-            options = [("grpc.max_receive_message_length", 64 * 2**20),
-                       ("grpc.max_send_message_length", 64 * 2**20)]
-            self._channel = (grpc.secure_channel(server, grpc.ssl_channel_credentials(root_certificates), options)
-                             if root_certificates else grpc.insecure_channel(server, options))
+            options = [("grpc.max_receive_message_length", DEFAULT_MAX_MESSAGE_BYTES),
+                       ("grpc.max_send_message_length", DEFAULT_MAX_MESSAGE_BYTES)]
+            if tls:
+                roots = tf.io.gfile.GFile(ca_cert, "rb").read() if ca_cert else None
+                self._channel = grpc.secure_channel(server, grpc.ssl_channel_credentials(roots), options)
+            else:
+                self._channel = grpc.insecure_channel(server, options)
             self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
     def close(self) -> None:

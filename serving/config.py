@@ -48,7 +48,7 @@ class ServerConfig:
     enable_batching: bool = False  # batch concurrent requests into one signature call
     batching: BatchingOptions = BatchingOptions()  # used when enable_batching
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # gRPC message and REST body limit
-    max_threads: int = 32  # request threads per protocol
+    max_threads: int = 32  # gRPC worker threads (REST runs one thread per connection)
     ssl_cert_file: str | None = None  # PEM certificate chain; with ssl_key_file, gRPC and REST use TLS
     ssl_key_file: str | None = None  # PEM private key
     request_log: RequestLogConfig | None = None  # None: nothing about requests is stored

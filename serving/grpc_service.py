@@ -21,7 +21,7 @@ from tensorflow_serving.apis import (
 from radflow.serving.errors import ServingError, invalid
 from radflow.serving.manager import ModelManager
 from radflow.serving.request_log import RequestLogger
-from radflow.serving.servable import predict_request_outputs, tensors_from_protos
+from radflow.serving.servable import fill_outputs, tensors_from_protos
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             response.model_spec.name = servable.name
             response.model_spec.version.value = servable.version
             response.model_spec.signature_name = signature
-            predict_request_outputs(response, outputs)
+            fill_outputs(response, outputs)
             if self._request_log:
                 self._request_log.log_predict(servable.name, servable.version, signature, inputs, outputs)
             return response

@@ -93,7 +93,7 @@ def json_to_array(value: Any, dtype: int, name: str) -> np.ndarray:
         raise invalid(f"input '{name}': cannot convert to {tf.as_dtype(dtype).name}: {err}") from err
 
 
-def _named(value: Any, keys: list[str]) -> bool:
+def _named(value: Any) -> bool:
     """Whether a JSON object maps input names to values (rather than being one {"b64"} value)."""
     return isinstance(value, dict) and set(value) != {"b64"}
 
@@ -111,7 +111,7 @@ def parse_predict_body(body: dict, inputs_info) -> tuple[dict[str, np.ndarray], 
         instances = body["instances"]
         if not isinstance(instances, list) or not instances:
             raise invalid('"instances" must be a non-empty list')
-        named = [_named(i, keys) for i in instances]
+        named = [_named(i) for i in instances]
         if any(named) and not all(named):
             raise invalid("instances must all be objects of named inputs, or all bare values")
         if not named[0]:
@@ -129,7 +129,7 @@ def parse_predict_body(body: dict, inputs_info) -> tuple[dict[str, np.ndarray], 
                 raise invalid(f"instances name inputs not in the signature: {sorted(extra)}")
         return {k: json_to_array(v, inputs_info[k].dtype, k) for k, v in columns.items()}, True
     inputs = body["inputs"]
-    if not _named(inputs, keys):
+    if not _named(inputs):
         if len(keys) != 1:
             raise invalid(f"the signature has inputs {keys}: \"inputs\" must be an object naming them")
         inputs = {keys[0]: inputs}

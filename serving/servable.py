@@ -231,6 +231,7 @@ def tensors_from_protos(protos) -> Tensors:
         raise invalid(f"malformed input tensor: {err}") from err
 
 
-def predict_request_outputs(response: predict_pb2.PredictResponse, outputs: Tensors) -> None:
+def fill_outputs(response: predict_pb2.PredictResponse, outputs: Tensors) -> None:
+    """Writes output arrays into a PredictResponse's outputs map."""
     for k, v in outputs.items():
         response.outputs[k].CopyFrom(tf.make_tensor_proto(v))

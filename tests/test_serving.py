@@ -382,10 +382,8 @@ def test_tls_batching_and_request_log_feed_serving_skew(saved_model, tmp_path):
                    request_log=RequestLogConfig(log_dir, sampling_rate=1.0, include_images=True))
     images = [png(10 + i) for i in range(6)]
     try:
-        with open(cert, "rb") as f:
-            ca = f.read()
-        grpc_client = ServingClient(f"localhost:{server.grpc_port}", MODEL, root_certificates=ca)
-        rest_client = ServingClient(f"localhost:{server.rest_port}", MODEL, rest=True, verify=cert)
+        grpc_client = ServingClient(f"localhost:{server.grpc_port}", MODEL, ca_cert=cert)
+        rest_client = ServingClient(f"localhost:{server.rest_port}", MODEL, rest=True, ca_cert=cert)
         results: dict[int, list] = {}
 
         def one(i):  # concurrent single-image requests share batches
