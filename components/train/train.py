@@ -1,46 +1,89 @@
-"""train: the baseline CNN on the ingested examples, under a tf.distribute strategy, exported for TF Serving.
+"""train: fit the configured model on the ingested examples under the machine's tf.distribute strategy, export it.
 
-One code path for one CPU, one GPU and several GPUs: `choose_strategy` reads the machine, and
-the global batch scales with the number of replicas. The export's `serving_default` signature
-takes encoded image bytes and runs the same `radflow.preprocessing` functions as training.
+One code path for a CPU, one or several GPUs, a TPU and several workers: `choose_strategy` reads
+the machine (and TF_CONFIG), the global batch scales with the replicas, and mixed precision and
+XLA switch on where there is an accelerator. The model is the baseline CNN or a
+keras.applications backbone (models.py); a pretrained backbone trains in two phases. With
+`cv_folds` the stage first cross-validates (cv.py) and then does the final fit. The export's
+signatures run the same `radflow.preprocessing` functions as training (export.py).
 
     radflow train runs/examples runs/model --class-balance runs/class_balance
+    radflow train runs/examples runs/model --model mobilenet_v2 --weights gs://b/mobilenet_v2.weights.h5
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from radflow import examples as ex
 from radflow import fileio
 from radflow.components.class_balance.class_balance import ClassBalance
+from radflow.components.train import cv
 from radflow.components.train.config import TrainConfig
-from radflow.preprocessing import preprocess_encoded, preprocess_pixels
+from radflow.components.train.data import make_dataset  # noqa: F401  (the stage's public API)
+from radflow.components.train.export import (  # noqa: F401  (the export contract, imported from here by other stages)
+    CLASSES,
+    KERAS_MODEL_FILE,
+    LABELS_ASSET,
+    PIXELS_INPUT,
+    PIXELS_SIGNATURE,
+    SAVED_MODEL_DIR,
+    SCORES,
+    SERVING_INPUT,
+    SERVING_SIGNATURE,
+    THRESHOLD,
+    THRESHOLD_ASSET,
+    WARMUP_DIR,
+    WARMUP_FILE,
+    export_serving,
+    read_labels,
+)
+from radflow.components.train.fit import fit_model
+from radflow.components.train.models import last_conv_layer_name
+from radflow.components.train.strategy import acceleration, choose_strategy, device_kind, strategy_name
 
 log = logging.getLogger(__name__)
 
-SAVED_MODEL_DIR = "saved_model"  # the servable: what push publishes as <serving_root>/<name>/<version>/
-KERAS_MODEL_FILE = "model.keras"  # kept beside the export for explanation (Grad-CAM)
 HISTORY_FILE = "history.json"
 CURVES_FILE = "training_curves.png"
+LOGS_DIR = "logs"  # TensorBoard event files
+BACKUP_DIR = "backup"  # default fault-tolerance state, removed once the stage has finished
 RESULT_FILE = "training.json"  # written last: the model directory is complete when it exists
-LABELS_ASSET = "labels.txt"  # in saved_model/assets/, one class name per line, in score order
-SERVING_INPUT = "image_bytes"
-THRESHOLD_ASSET = "threshold.txt"  # in saved_model/assets/: the operating threshold, rewritten by push
-SCORES, CLASSES, THRESHOLD = "scores", "classes", "threshold"
-CACHE_LIMIT_BYTES = 2 * 2**30  # cache a split in memory when its records are smaller than this
 
 
 @dataclass(frozen=True)
 class TrainResult:
+    """What was trained, on what, and how well it did on validation.
+
+    Args:
+        model_dir: the output directory.
+        strategy: the tf.distribute strategy's class name.
+        replicas: replicas in sync (devices over all workers).
+        epochs_run: epochs over all phases, including those before a restart.
+        best_epoch: the 1-based epoch whose weights were kept.
+        best_val_auc: its validation ROC AUC.
+        seconds: wall time of this process.
+        model: the architecture (config.model).
+        last_conv_layer: the layer Grad-CAM reads in model.keras.
+        global_batch: examples per step over all replicas.
+        dtype_policy: Keras dtype policy (mixed_float16 on GPU by default).
+        jit_compile: whether the step was XLA-compiled.
+        class_balance: how imbalance was handled (class_weights, oversample, none).
+        phases: training phases run ("head", then "fine_tune" for a pretrained backbone).
+        resumed_from_epoch: the epoch this process resumed after (0: it started fresh).
+        weights_sha256: digest of the final weights; equal on every worker of a multi-worker run.
+        cv: cross-validation summary (mean and std per metric, the folds), or None.
+    """
+
     model_dir: str
     strategy: str
     replicas: int
@@ -48,128 +91,24 @@ class TrainResult:
     best_epoch: int
     best_val_auc: float
     seconds: float
+    model: str = ""
+    last_conv_layer: str = ""
+    global_batch: int = 0
+    dtype_policy: str = "float32"
+    jit_compile: bool = False
+    class_balance: str = ""
+    phases: tuple[str, ...] = ()
+    resumed_from_epoch: int = 0
+    weights_sha256: str = ""
+    cv: dict | None = None
 
 
-def choose_strategy() -> tf.distribute.Strategy:
-    """Several GPUs: MirroredStrategy; otherwise one device, GPU if there is one."""
-    gpus = tf.config.list_logical_devices("GPU")
-    if len(gpus) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
-
-
-def make_dataset(
-    examples_dir: str,
-    split: str,
-    metadata: ex.DatasetMetadata,
-    batch_size: int,
-    training: bool,
-    seed: int = 0,
-) -> tf.data.Dataset:
-    """(image, label) batches for Keras: float32 (N, size, size, C) and float32 labels.
-
-    Labels are (N, 1) for a binary head and one-hot (N, K) for a softmax head.
-    """
-    files = ex.split_files(examples_dir, split)
-    if not files:
-        raise FileNotFoundError(f"no shards for split {split!r} in {examples_dir}")
-    ds = tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE)
-    if metadata.split_size(split) * (metadata.image_size**2 * metadata.channels) < CACHE_LIMIT_BYTES:
-        ds = ds.cache()
-    if training:
-        ds = ds.shuffle(min(10_000, max(1, metadata.split_size(split))), seed=seed, reshuffle_each_iteration=True)
-    size, k = metadata.image_size, metadata.num_classes
-
-    def to_inputs(serialized):
-        parsed = ex.parse_examples(serialized, metadata)
-        images = preprocess_pixels(parsed[ex.IMAGE], size)
-        labels = parsed[ex.LABEL]
-        y = tf.cast(labels[:, None], tf.float32) if k == 2 else tf.one_hot(labels, k)
-        return images, y
-
-    return ds.batch(batch_size).map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-
-def build_baseline_cnn(metadata: ex.DatasetMetadata, config: TrainConfig, bias: list[float]) -> keras.Model:
-    """Conv/pool blocks, global pooling, dense; a sigmoid unit for two classes, softmax beyond.
-
-    The first convolution has stride 2: radiographs are smooth at the pixel scale, and it
-    quarters the cost of the widest layer.
-    """
-    binary = metadata.num_classes == 2
-    inputs = keras.Input((metadata.image_size, metadata.image_size, metadata.channels), name="image")
-    x = inputs
-    for i, f in enumerate(config.filters):
-        x = keras.layers.Conv2D(f, 3, strides=2 if i == 0 else 1, padding="same", use_bias=False)(x)
-        # momentum 0.9, not Keras' 0.99: small medical sets give few steps per epoch, and the
-        # moving statistics used at validation time must settle within a few epochs.
-        x = keras.layers.BatchNormalization(momentum=0.9)(x)
-        x = keras.layers.ReLU()(x)
-        x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dropout(config.dropout)(x)
-    x = keras.layers.Dense(config.dense_units, activation="relu")(x)
-    outputs = keras.layers.Dense(
-        1 if binary else metadata.num_classes,
-        activation="sigmoid" if binary else "softmax",
-        bias_initializer=keras.initializers.Constant(bias),
-        dtype="float32",  # keep the output in float32 even under mixed precision
-        name="scores",
-    )(x)
-    return keras.Model(inputs, outputs, name="baseline_cnn")
-
-
-class _ServingModule(tf.Module):
-    """The exported graph: the Keras model behind the shared preprocessing.
-
-    The decision threshold is read from an asset file at request time rather than baked into
-    the graph, because it is chosen after training (on the validation split) and written into
-    the version directory when the model is pushed; the server then answers with the same
-    threshold every client applies.
-    """
-
-    def __init__(self, model: keras.Model, metadata: ex.DatasetMetadata, threshold_file: str):
-        super().__init__()
-        self.model = model
-        self.threshold_asset = tf.saved_model.Asset(threshold_file)
-        self._size, self._channels = metadata.image_size, metadata.channels
-        self._names = list(metadata.label_names)
-
-    def _outputs(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        probs = self.model(images, training=False)
-        scores = tf.concat([1.0 - probs, probs], axis=1) if len(self._names) == 2 else probs
-        n = tf.shape(scores)[0]
-        threshold = tf.strings.to_number(tf.strings.strip(tf.io.read_file(self.threshold_asset)), tf.float32)
-        return {
-            SCORES: scores,
-            CLASSES: tf.tile(tf.constant(self._names)[None, :], [n, 1]),
-            THRESHOLD: tf.fill([n], threshold),
-        }
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
-    def serve_encoded(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        images = tf.map_fn(
-            lambda b: preprocess_encoded(b, self._size, self._channels),
-            image_bytes,
-            fn_output_signature=tf.TensorSpec([self._size, self._size, self._channels], tf.float32),
-        )
-        return self._outputs(images)
-
-
-def export_serving(model: keras.Model, metadata: ex.DatasetMetadata, path: str, threshold: float = 0.5) -> None:
-    """Writes a SavedModel whose `serving_default` takes a batch of encoded images.
-
-    Inputs: `image_bytes`, tf.string (N,), JPEG/PNG/BMP/GIF. Outputs: `scores`, float32 (N, K),
-    one probability per class; `classes`, tf.string (N, K), the class names in score order;
-    `threshold`, float32 (N,), the operating threshold on the positive-class score (binary models).
-    """
-    with tempfile.TemporaryDirectory() as tmp:
-        staged = os.path.join(tmp, THRESHOLD_ASSET)
-        with open(staged, "w") as f:
-            f.write(f"{threshold}\n")
-        module = _ServingModule(model, metadata, staged)
-        tf.saved_model.save(module, path, signatures={"serving_default": module.serve_encoded})
-    fileio.write_text_atomic(os.path.join(path, "assets", LABELS_ASSET), "\n".join(metadata.label_names) + "\n")
+def weights_digest(weights: list[np.ndarray]) -> str:
+    """SHA-256 over every weight array's bytes, in model order."""
+    digest = hashlib.sha256()
+    for w in weights:
+        digest.update(np.ascontiguousarray(w).tobytes())
+    return digest.hexdigest()
 
 
 def plot_history(history: dict[str, list[float]], path: str) -> None:
@@ -196,73 +135,69 @@ def plot_history(history: dict[str, list[float]], path: str) -> None:
 def train(
     examples_dir: str, out_dir: str, balance: ClassBalance, config: TrainConfig = TrainConfig()
 ) -> TrainResult:
-    """Trains the baseline CNN and exports it.
+    """Trains the configured model and exports it.
+
+    Every worker of a multi-worker run calls this with its own `out_dir` (a TFJob gives each
+    worker OUT/worker-<index>); all of them end with the same weights.
 
     Args:
         examples_dir: a finished ingest output with non-empty train and val splits.
-        out_dir: receives saved_model/, model.keras, history.json, training_curves.png and,
-            last, training.json.
-        balance: class weights and initial bias from class_balance.
+        out_dir: receives saved_model/, model.keras, history.json, training_curves.png, logs/,
+            cv.json (with cv_folds) and, last, training.json.
+        balance: class weights, initial bias and balancing strategy from class_balance.
         config: hyperparameters.
 
     Returns:
         What was trained, on what, and how well it did on validation.
+
+    Raises:
+        ValueError: an invalid config (unknown model, "imagenet" without a file, ...).
     """
+    strategy = choose_strategy()  # first: a multi-worker strategy must exist before other TF work
     started = time.monotonic()
     metadata = ex.read_metadata(examples_dir)
-    keras.utils.set_random_seed(config.seed)
-    strategy = choose_strategy()
+    accel = acceleration(device_kind(strategy), config.mixed_precision, config.xla)
     replicas = strategy.num_replicas_in_sync
-    global_batch = config.batch_size * replicas
-    log.info("train: %s with %d replica(s), global batch %d", type(strategy).__name__, replicas, global_batch)
+    keras.utils.set_random_seed(config.seed)
+    log.info("train: %s with %d replica(s), global batch %d, %s, jit_compile=%s", strategy_name(strategy),
+             replicas, config.batch_size * replicas, accel.policy, accel.jit_compile)
+    tf.io.gfile.makedirs(out_dir)
+    backup_root = config.backup_dir or os.path.join(out_dir, BACKUP_DIR)
+    summary = None
+    if config.cv_folds:
+        summary = cv.cross_validate(examples_dir, out_dir, metadata, balance, config, strategy, accel,
+                                    os.path.join(backup_root, "cv"))
+    fitted = fit_model(examples_dir, metadata, balance, config, strategy, accel, os.path.join(backup_root, "final"),
+                       log_dir=os.path.join(out_dir, LOGS_DIR))
+    model, history = fitted.model, fitted.history
 
-    train_ds = make_dataset(examples_dir, "train", metadata, global_batch, training=True, seed=config.seed)
-    val_ds = make_dataset(examples_dir, "val", metadata, global_batch, training=False)
-    with strategy.scope():
-        model = build_baseline_cnn(metadata, config, balance.initial_bias)
-        model.compile(
-            optimizer=keras.optimizers.Adam(config.learning_rate),
-            loss="binary_crossentropy" if metadata.num_classes == 2 else "categorical_crossentropy",
-            metrics=[keras.metrics.AUC(name="auc"), "accuracy"],
-        )
-    stopper = keras.callbacks.EarlyStopping(
-        monitor="val_auc",
-        mode="max",
-        patience=config.patience,
-        start_from_epoch=config.warmup_epochs,
-        restore_best_weights=True,
-    )
-    fit = model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=config.epochs,
-        class_weight=balance.class_weights,
-        callbacks=[stopper],
-        shuffle=False,  # the dataset shuffles itself; Keras cannot shuffle a tf.data pipeline
-        verbose=2,
-    )
-    history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
-    best_epoch = int(max(range(len(history["val_auc"])), key=history["val_auc"].__getitem__)) + 1
-
-    os.makedirs(out_dir, exist_ok=True)
     export_serving(model, metadata, os.path.join(out_dir, SAVED_MODEL_DIR))
     model.save(os.path.join(out_dir, KERAS_MODEL_FILE))
     fileio.write_text_atomic(os.path.join(out_dir, HISTORY_FILE), json.dumps(history, indent=2))
     plot_history(history, os.path.join(out_dir, CURVES_FILE))
     result = TrainResult(
         model_dir=out_dir,
-        strategy=type(strategy).__name__,
+        strategy=strategy_name(strategy),
         replicas=replicas,
         epochs_run=len(history["loss"]),
-        best_epoch=best_epoch,
-        best_val_auc=history["val_auc"][best_epoch - 1],
+        best_epoch=fitted.best_epoch,
+        best_val_auc=fitted.best_val_auc,
         seconds=round(time.monotonic() - started, 1),
+        model=config.model,
+        last_conv_layer=last_conv_layer_name(model),
+        global_batch=config.batch_size * replicas,
+        dtype_policy=accel.policy,
+        jit_compile=accel.jit_compile,
+        class_balance=balance.strategy,
+        phases=tuple(fitted.phases),
+        resumed_from_epoch=fitted.resumed_from_epoch,
+        weights_sha256=weights_digest(model.get_weights()),
+        cv=summary,
     )
+    # The run is complete: its resume state must not make a later run with the same backup_dir
+    # skip its phases, and the default state under OUT must not be published with the model.
+    if tf.io.gfile.exists(backup_root):
+        tf.io.gfile.rmtree(backup_root)
     fileio.write_text_atomic(os.path.join(out_dir, RESULT_FILE), json.dumps(asdict(result), indent=2))
     log.info("train: %s", result)
     return result
-
-
-def read_labels(saved_model_dir: str) -> list[str]:
-    """The class names of an exported model, in score order."""
-    return fileio.read_text(os.path.join(saved_model_dir, "assets", LABELS_ASSET)).splitlines()
