@@ -109,8 +109,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         balance = read_class_balance(args.class_balance)
     else:
         balance = compute_class_balance(ex.read_metadata(args.examples), _stage_config(args, "class_balance"))
-    result = train(args.examples, args.out, balance, _stage_config(args, "train", epochs=args.epochs))
+    config = _stage_config(args, "train", epochs=args.epochs, model=args.model, weights=args.weights,
+                           learning_rate=args.learning_rate, dropout=args.dropout,
+                           unfreeze_layers=args.unfreeze_layers, cv_folds=args.cv_folds)
+    if args.tune:
+        from radflow.components.train.tuning import tune
+
+        config, score = tune(args.examples, args.out, balance, config, max_trials=args.tune)
+        print(f"best of {args.tune} trials (val_auc={score:.4f}): {asdict(config)}")
+    result = train(args.examples, args.out, balance, config)
     print(json.dumps(asdict(result), indent=2))
+    print(f"val_auc={result.best_val_auc}")  # the line Katib's StdOut metrics collector reads
     return 0
 
 
@@ -399,14 +408,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", metavar="OUT", help="output directory")
     p.add_argument("--strategy", choices=STRATEGIES, help="how train handles imbalance (default class_weights)")
 
-    p = with_config(add("train", cmd_train, "train and export the baseline CNN",
-                        "Trains under the machine's tf.distribute strategy and exports OUT/saved_model\n"
-                        "(serving_default takes encoded image bytes) beside OUT/model.keras.\n\n"
-                        "example: radflow train runs/examples runs/model --class-balance runs/class_balance"))
+    p = with_config(add("train", cmd_train, "train and export the baseline CNN or a backbone",
+                        "Trains under the machine's tf.distribute strategy (TF_CONFIG with several tasks:\n"
+                        "multi-worker; give each worker its own OUT) and exports OUT/saved_model\n"
+                        "(serving_default takes encoded image bytes) beside OUT/model.keras. Killed and\n"
+                        "rerun with the same OUT (or backup_dir), it resumes from its last finished epoch.\n\n"
+                        "example: radflow train runs/examples runs/model --class-balance runs/class_balance\n"
+                        "         radflow train runs/examples runs/model --model mobilenet_v2 "
+                        "--weights mobilenet_v2.weights.h5\n"
+                        "         radflow train runs/examples runs/model --cv-folds 5\n"
+                        "         radflow train runs/examples runs/model --tune 8"))
     p.add_argument("examples", metavar="EXAMPLES", help="an ingest output")
     p.add_argument("out", metavar="OUT", help="output directory")
     p.add_argument("--class-balance", metavar="DIR", help="a class-balance output (default: compute it now)")
     p.add_argument("--epochs", type=int, help="maximum epochs")
+    p.add_argument("--model", help="baseline_cnn or a backbone (mobilenet_v2, efficientnet_b0, resnet50, ...)")
+    p.add_argument("--weights", help="backbone weights: none, or a weights file (local or gs://); never downloaded")
+    p.add_argument("--learning-rate", type=float, help="phase 1 step size")
+    p.add_argument("--dropout", type=float, help="dropout of the head")
+    p.add_argument("--unfreeze-layers", type=int, help="backbone layers unfrozen for fine-tuning")
+    p.add_argument("--cv-folds", type=int, help="patient-grouped stratified k-fold over train+val first")
+    p.add_argument("--tune", type=int, metavar="TRIALS", help="KerasTuner search over the declared space first, "
+                   "then train with the best")
 
     p = with_config(add("evaluate", cmd_evaluate, "threshold, test metrics with CIs, and the blessing",
                         "Chooses the operating threshold on the val split, scores the test split through the\n"
@@ -478,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="radflow-retrain", help="schedule name (default radflow-retrain)")
     p.add_argument("--list", action="store_true", help="list the recurring runs")
     p.add_argument("--delete", metavar="NAME", help="delete the recurring run(s) of this name")
+
     from radflow.serving.flags import add_arguments as add_serve_arguments
 
     p = add("serve", cmd_serve, "a TF-Serving-compatible model server (gRPC 8500, REST 8501) for local use",
