@@ -437,3 +437,18 @@ def test_serving_skew_reports_a_batch_of_black_requests(examples_dir, sample_val
     assert "'JPEG': 100.0% -> 33.3%" in line  # JPEG and PNG moved alike; the first in order is named
     with pytest.raises(ValueError, match="none of the 1 request images"):
         sk.serving_skew([b"junk"], train)
+
+
+def test_js_divergence_agrees_with_tfdvs_own_comparator():
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    before = tfdv.generate_statistics_from_dataframe(pd.DataFrame({"x": rng.normal(0, 1, 500)}))
+    after = tfdv.generate_statistics_from_dataframe(pd.DataFrame({"x": rng.normal(1, 1, 500)}))
+    schema = tfdv.infer_schema(before)
+    tfdv.get_feature(schema, "x").drift_comparator.jensen_shannon_divergence.threshold = 0.0
+    anomalies = tfdv.validate_statistics(after, schema, previous_statistics=before)
+    tfdv_value = float(re.search(r"between current and previous is ([\d.]+)",
+                                 anomalies.anomaly_info["x"].reason[0].description).group(1))
+    [drift] = dr.compare(after.datasets[0], before.datasets[0], DriftThresholds())
+    assert drift.value == pytest.approx(tfdv_value, abs=1e-3) and drift.value > 0.1

@@ -113,22 +113,42 @@ def _quiet_beam() -> Iterator[None]:
         beam_log.setLevel(previous)
 
 
-def _label_patient_pairs(batch: pa.RecordBatch) -> list[tuple[str, str]]:
-    """(label_name, patient_key) of every example in a batch; "" where an example has no patient key."""
+class _PatientsPerClass(beam.CombineFn):
+    """Distinct patients per class from RecordBatches, in one combine: an image without a key is its own patient.
 
-    def column(name: str) -> list[bytes]:
-        index = batch.schema.get_field_index(name)
-        values = batch.column(index).to_pylist() if index >= 0 else [None] * batch.num_rows
-        return [v[0] if v else b"" for v in values]
+    The accumulator holds the keys themselves (a few MB for 100k patients), so no shuffle is needed.
+    """
 
-    return [(lab.decode(), key.decode()) for lab, key in zip(column(ex.LABEL_NAME), column(ex.PATIENT_KEY),
-                                                              strict=True)]
+    def create_accumulator(self) -> tuple[dict[str, set[str]], dict[str, int]]:
+        return {}, {}
 
+    def add_input(self, acc, batch: pa.RecordBatch):
+        keyed, unkeyed = acc
 
-def _patients(pairs_with_counts: tuple[tuple[str, str], int]) -> tuple[str, int]:
-    """A (label, patient) group as patients of that label: an image without a key is its own patient."""
-    (label, key), images = pairs_with_counts
-    return label, 1 if key else images
+        def column(name: str) -> list:
+            index = batch.schema.get_field_index(name)
+            return batch.column(index).to_pylist() if index >= 0 else [None] * batch.num_rows
+
+        for label, key in zip(column(ex.LABEL_NAME), column(ex.PATIENT_KEY), strict=True):
+            name = label[0].decode() if label else ""
+            if key and key[0]:
+                keyed.setdefault(name, set()).add(key[0])
+            else:
+                unkeyed[name] = unkeyed.get(name, 0) + 1
+        return acc
+
+    def merge_accumulators(self, accumulators):
+        keyed, unkeyed = {}, {}
+        for k, u in accumulators:
+            for name, keys in k.items():
+                keyed.setdefault(name, set()).update(keys)
+            for name, n in u.items():
+                unkeyed[name] = unkeyed.get(name, 0) + n
+        return keyed, unkeyed
+
+    def extract_output(self, acc) -> dict[str, int]:
+        keyed, unkeyed = acc
+        return {name: len(keyed.get(name, ())) + unkeyed.get(name, 0) for name in sorted(set(keyed) | set(unkeyed))}
 
 
 def _profile(
@@ -153,11 +173,7 @@ def _profile(
                  | f"Statistics[{split}]" >> tfdv.GenerateStatistics(options)
                  | f"WriteStatistics[{split}]" >> tfdv.WriteStatisticsToBinaryFile(stats_path))
             _ = (batches
-                 | f"LabelPatient[{split}]" >> beam.FlatMap(_label_patient_pairs)
-                 | f"ImagesPerPatient[{split}]" >> beam.combiners.Count.PerElement()
-                 | f"Patients[{split}]" >> beam.Map(_patients)
-                 | f"PerClass[{split}]" >> beam.CombinePerKey(sum)
-                 | f"ToDict[{split}]" >> beam.combiners.ToDict()
+                 | f"Patients[{split}]" >> beam.CombineGlobally(_PatientsPerClass())
                  | f"Json[{split}]" >> beam.Map(lambda d: json.dumps(d, sort_keys=True))
                  | f"WritePatients[{split}]" >> beam.io.WriteToText(patients_path, shard_name_template=""))
     stats = {s: tfdv.load_stats_binary(paths[s][0]) for s in splits}
