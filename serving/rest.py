@@ -264,8 +264,9 @@ class _Handler(BaseHTTPRequestHandler):
                     self._reply(200, {
                         "model_spec": json_format.MessageToDict(response.model_spec, preserving_proto_field_name=True,
                                                                 including_default_value_fields=True),
+                        # Defaults printed, as TF Serving prints them ("unknown_rank": false, empty maps).
                         "metadata": {SIGNATURE_DEF_FIELD: json_format.MessageToDict(
-                            defs, preserving_proto_field_name=True)},
+                            defs, preserving_proto_field_name=True, including_default_value_fields=True)},
                     })
                 else:
                     self._reply(200, json_format.MessageToDict(manager.status(spec), preserving_proto_field_name=True,

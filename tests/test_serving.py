@@ -562,3 +562,23 @@ def test_request_log_keeps_images_only_when_asked(tmp_path):
     assert 30 <= logged <= 70  # ~25% of 200
     assert len(glob.glob(str(tmp_path / "sampled" / "*.tfrecord"))) == -(-logged // 10)
     assert read_request_images(str(tmp_path / "sampled")) == [png(1), png(2)] * logged
+
+
+def test_any_exported_signature_is_served_from_its_signature_def(served):
+    """The export's decoded-pixels signature, found through the metadata, not by name."""
+    url = f"{rest(served)}/v1/models/{MODEL}"
+    defs = requests.get(f"{url}/metadata", timeout=10).json()["metadata"]["signature_def"]["signature_def"]
+    name, sig = next((k, v) for k, v in defs.items()
+                     if len(v["inputs"]) == 1 and next(iter(v["inputs"].values()))["dtype"] == "DT_FLOAT")
+    (key, info), = sig["inputs"].items()
+    shape = [int(d["size"]) for d in info["tensor_shape"]["dim"]][1:]
+    pixels = np.random.default_rng(0).random([2, *shape]).astype(np.float32)
+    reply = requests.post(f"{url}:predict", json={"signature_name": name, "inputs": {key: pixels.tolist()}},
+                          timeout=30)
+    assert reply.status_code == 200, reply.text
+    np.testing.assert_allclose(np.sum(reply.json()["outputs"]["scores"], axis=1), 1.0, rtol=1e-5)
+    wrong = np.zeros([1, shape[0] // 2, shape[1] // 2, *shape[2:]], np.float32)
+    reply = requests.post(f"{url}:predict", json={"signature_name": name, "instances": wrong.tolist()}, timeout=30)
+    assert reply.status_code == 400 and "shape" in reply.json()["error"]
+    reply = requests.post(f"{url}:predict", json={"signature_name": "nope", "instances": [1]}, timeout=30)
+    assert reply.status_code == 400 and "not found in signature def" in reply.json()["error"]
