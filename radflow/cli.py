@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from dataclasses import asdict
 
@@ -53,7 +54,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from radflow.components.ingest.ingest import ingest
 
-    result = ingest(args.source, args.out, _stage_config(args, "ingest", image_size=args.image_size))
+    config = _stage_config(args, "ingest", image_size=args.image_size, channels=args.channels,
+                           resize_policy=args.resize_policy, official_splits=args.official_splits,
+                           runner=args.runner, beam_args=tuple(shlex.split(args.beam_args or "")) or None,
+                           patient_key_secret_file=args.patient_key_secret_file)
+    result = ingest(args.source, args.out, config)
     print(f"{result.total} inputs: {result.states}; quarantine reasons: {result.reasons or 'none'}")
     print(f"examples per split and class: {json.dumps(result.metadata.counts)}")
     print(f"manifest: {os.path.join(args.out, 'manifest.csv')}")
@@ -368,11 +373,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(add("ingest", cmd_ingest, "images -> TFRecord examples, patient-split, with a manifest",
                         "Decodes every file under SOURCE, quarantines the unreadable ones with a reason,\n"
                         "deduplicates identical images and writes OUT/{train,val,test}/*.tfrecord,\n"
-                        "OUT/manifest.csv (one row per input) and, last, OUT/metadata.json.\n\n"
-                        "example: radflow ingest data/sample runs/examples --image-size 128"))
-    p.add_argument("source", metavar="SOURCE", help="folder or gs:// prefix, Kaggle or class-per-folder layout")
+                        "OUT/manifest.csv (one row per input) and, last, OUT/metadata.json.\n"
+                        "JPEG, PNG (8/16-bit) and DICOM; --beam-args go to the Beam runner as they are.\n\n"
+                        "example: radflow ingest data/sample runs/examples --image-size 128\n"
+                        "         radflow ingest labels.csv runs/examples   (CSV: path,label[,patient_id][,split])\n"
+                        "         radflow ingest gs://b/cxr gs://b/examples --runner DataflowRunner \\\n"
+                        "             --beam-args='--project=p --region=r --sdk_container_image=radflow:0.1.0'"))
+    p.add_argument("source", metavar="SOURCE",
+                   help="folder or gs:// prefix (Kaggle or class-per-folder layout), or a CSV manifest")
     p.add_argument("out", metavar="OUT", help="output directory")
     p.add_argument("--image-size", type=int, help="stored image size (default 224)")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="stored channels (default 1)")
+    p.add_argument("--resize-policy", choices=("pad", "crop"), help="pad to square (default) or centre crop")
+    p.add_argument("--official-splits", choices=("merge_val", "keep", "resplit"),
+                   help="use of a layout's own splits (default merge_val: keep test, carve val from train+val)")
+    p.add_argument("--runner", help="Beam runner: DirectRunner (default), DataflowRunner, FlinkRunner, SparkRunner")
+    p.add_argument("--patient-key-secret-file", help="file holding the patient-key secret (never stored with data)")
+    p.add_argument("--beam-args", metavar="'--opt=v ...'", help="Beam pipeline options, passed through (use =)")
 
     p = with_config(add("validate", cmd_validate, "TFDV statistics, schema, drift and skew per split",
                         "Profiles every split with TFDV, validates it against the curated schema\n"

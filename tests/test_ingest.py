@@ -2,6 +2,7 @@
 
 import csv
 import io
+import logging
 import os
 
 import numpy as np
@@ -30,6 +31,7 @@ from radflow.components.ingest.ingest import (
     key_id,
     list_sources,
     patient_id,
+    pipeline_options,
     read_manifest,
     resolve_patient_key_secret,
     split_fraction,
@@ -357,7 +359,8 @@ def test_class_per_folder_multi_class_layout(tmp_path):
     assert next(f for f in listing.files if f.path.endswith("loose.png")).label == ""
 
 
-def test_manifest_source_with_patients_and_splits(tmp_path):
+def test_manifest_source_with_patients_and_splits(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="radflow.components.ingest.ingest")
     rng = np.random.default_rng(1)
     rows = []
     for i in range(12):
@@ -370,13 +373,41 @@ def test_manifest_source_with_patients_and_splits(tmp_path):
     out = str(tmp_path / "out")
     result = ingest(str(tmp_path / "labels.csv"), out,
                     IngestConfig(image_size=16, min_side=16, labels=("no_tumour", "tumour"), val_fraction=0.3,
-                                 max_quarantined_fraction=0.1, patient_key_secret=SECRET, beam_args=FAST))
+                                 max_quarantined_fraction=0.1, patient_key_secret=SECRET, beam_args=FAST,
+                                 progress_every=5))
     assert result.metadata.layout == MANIFEST and result.metadata.label_names == ("no_tumour", "tumour")
     assert result.states == {INGESTED: 12, QUARANTINED: 1}
     manifest = {os.path.basename(r["path"]): r for r in read_manifest(out)}
     assert manifest["missing.png"]["reason"].startswith("unreadable")
     assert {manifest[f"{i}.png"]["split"] for i in range(4)} == {"test"}
     assert all(manifest[f"{i}.png"]["patient_key"] == _key(f"pat{i // 2}") for i in range(12))
+    progress = [r.getMessage() for r in caplog.records if "ingest progress" in r.getMessage()]
+    assert progress and all("has read 5 files" in line for line in progress)  # a line every 5 files per worker
+    assert any("'decoded': 12, 'quarantined': 1" in r.getMessage() for r in caplog.records)
+
+
+def test_runner_and_its_options_pass_through():
+    options = pipeline_options(IngestConfig(runner="FlinkRunner", beam_args=("--flink_master=flink:8081",
+                                                                            "--parallelism=8")))
+    flags = options.get_all_options()
+    assert flags["runner"] == "FlinkRunner" and flags["flink_master"] == "flink:8081" and flags["parallelism"] == 8
+    local = pipeline_options(IngestConfig()).get_all_options()
+    assert local["direct_running_mode"] == "multi_processing" and local["direct_num_workers"] == 0  # all cores
+
+
+def test_cli_ingest_passes_beam_args_through(tmp_path, capsys):
+    from radflow.cli import main
+
+    rng = np.random.default_rng(2)
+    for c in ("A", "B"):
+        for i in range(3):
+            _write(f"{tmp_path}/src/{c}/{c}{i}.png", _png(_image(rng, 40, 40)))
+    out = tmp_path / "out"
+    assert main(["ingest", str(tmp_path / "src"), str(out), "--image-size", "16", "--resize-policy", "crop",
+                 "--channels", "3", f"--beam-args={' '.join(FAST)}"]) == 0
+    assert "6 inputs" in capsys.readouterr().out
+    metadata = ex.read_metadata(str(out))
+    assert (metadata.resize_policy, metadata.channels, metadata.image_size) == ("crop", 3, 16)
 
 
 def test_manifest_without_label_column_is_refused(tmp_path):

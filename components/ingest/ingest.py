@@ -522,46 +522,61 @@ def ingest(source: str, out_dir: str, config: IngestConfig = IngestConfig()) -> 
     log.info("ingest: %d files (%s layout), labels %s, runner %s", len(listing.files), listing.layout,
              listing.labels, config.runner)
 
-    with beam.Pipeline(options=pipeline_options(config)) as p:
-        decoded = (
-            p
-            | "ListFiles" >> beam.Create(listing.files)
-            | "Reshuffle" >> beam.Reshuffle()  # spread the decode work over all workers
-            | "Decode" >> beam.ParDo(_DecodeFn(listing.labels, config, secret))
-            | "Route" >> beam.FlatMap(_route).with_outputs("quarantined", main="ok")
-        )
-        resolved = (
-            decoded.ok
-            | "GroupByPatient" >> beam.GroupByKey()
-            | "SplitByPatient" >> beam.FlatMap(_split_patient, config)
-            | "KeyByPixels" >> beam.Map(lambda d: (d.pixel_hash, d))
-            | "GroupIdentical" >> beam.GroupByKey()
-            | "Deduplicate" >> beam.FlatMap(_resolve_duplicates)
-        )
-        rows = resolved | "Rows" >> beam.Filter(lambda kv: kv[0] == "row") | "RowText" >> beam.Map(lambda kv: kv[1])
-        examples = resolved | "Examples" >> beam.Filter(lambda kv: kv[0] == "example")
-        for split in ex.SPLITS:
-            (
-                examples
-                | f"Select{split}" >> beam.Filter(lambda kv, s=split: kv[1][0] == s)
-                | f"Serialized{split}" >> beam.Map(lambda kv: kv[1][1])
-                | f"Write{split}" >> beam.io.WriteToTFRecord(
-                    os.path.join(out_dir, split, split),
-                    file_name_suffix=ex.SHARD_SUFFIX,
-                    num_shards=_num_shards(expected[split], config),
-                )
-            )
+    p = beam.Pipeline(options=pipeline_options(config))
+    decoded = (
+        p
+        | "ListFiles" >> beam.Create(listing.files)
+        | "Reshuffle" >> beam.Reshuffle()  # spread the decode work over all workers
+        | "Decode" >> beam.ParDo(_DecodeFn(listing.labels, config, secret))
+        | "Route" >> beam.FlatMap(_route).with_outputs("quarantined", main="ok")
+    )
+    resolved = (
+        decoded.ok
+        | "GroupByPatient" >> beam.GroupByKey()
+        | "SplitByPatient" >> beam.FlatMap(_split_patient, config)
+        | "KeyByPixels" >> beam.Map(lambda d: (d.pixel_hash, d))
+        | "GroupIdentical" >> beam.GroupByKey()
+        | "Deduplicate" >> beam.FlatMap(_resolve_duplicates)
+    )
+    rows = resolved | "Rows" >> beam.Filter(lambda kv: kv[0] == "row") | "RowText" >> beam.Map(lambda kv: kv[1])
+    examples = resolved | "Examples" >> beam.Filter(lambda kv: kv[0] == "example")
+    for split in ex.SPLITS:
         (
-            (rows, decoded.quarantined)
-            | "AllRows" >> beam.Flatten()
-            | "WriteManifest" >> beam.io.WriteToText(
-                os.path.join(out_dir, ex.MANIFEST_FILE),
-                header=",".join(MANIFEST_COLUMNS),
-                num_shards=1,
-                shard_name_template="",
+            examples
+            | f"Select{split}" >> beam.Filter(lambda kv, s=split: kv[1][0] == s)
+            | f"Serialized{split}" >> beam.Map(lambda kv: kv[1][1])
+            | f"Write{split}" >> beam.io.WriteToTFRecord(
+                os.path.join(out_dir, split, split),
+                file_name_suffix=ex.SHARD_SUFFIX,
+                num_shards=_num_shards(expected[split], config),
             )
         )
+    (
+        (rows, decoded.quarantined)
+        | "AllRows" >> beam.Flatten()
+        | "WriteManifest" >> beam.io.WriteToText(
+            os.path.join(out_dir, ex.MANIFEST_FILE),
+            header=",".join(MANIFEST_COLUMNS),
+            num_shards=1,
+            shard_name_template="",
+        )
+    )
+    started = time.monotonic()
+    run = p.run()
+    run.wait_until_finish()
+    _log_counters(run, time.monotonic() - started)
     return _finish(out_dir, source, listing, config, key_id(secret), secret_source)
+
+
+def _log_counters(run: beam.runners.runner.PipelineResult, seconds: float) -> None:
+    """Logs the decode counters: a runner-independent summary (Dataflow shows them live too)."""
+    try:
+        counters = {r.key.metric.name: r.committed for r in run.metrics().query()["counters"]
+                    if r.key.metric.namespace == "ingest"}
+    except (NotImplementedError, KeyError):  # some runners do not report metrics
+        counters = {}
+    n = sum(v or 0 for v in counters.values())
+    log.info("ingest: pipeline finished in %.1f s: %s (%.1f files/s)", seconds, counters, n / max(seconds, 1e-9))
 
 
 def read_manifest(examples_dir: str) -> list[dict[str, str]]:
