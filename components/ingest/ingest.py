@@ -437,25 +437,31 @@ class _DecodeFn(beam.DoFn):
         yield decoded
 
 
-def _split_patient(item: tuple[str, Iterable[_Decoded]], config: IngestConfig):
-    """Gives all images of one patient the patient's split."""
-    patient, images = item
-    images = list(images)
-    split = assign_split(patient, {d.source.split for d in images}, config)
-    for d in images:
-        yield dataclasses.replace(d, split=split)
+def _without_pixels(d: _Decoded) -> _Decoded:
+    """The bookkeeping of a decoded file, without its example: what the shuffles below move."""
+    return dataclasses.replace(d, example=b"")
 
 
-def _resolve_duplicates(item: tuple[str, Iterable[_Decoded]]):
-    """Keeps the first file (by path) of a set of identical images; the others become duplicates."""
+def _resolve_duplicates(item: tuple[str, Iterable[_Decoded]], patient_splits: dict[str, str]):
+    """Keeps the first file (by path) of a set of identical images; the others become duplicates.
+
+    Yields ("row", manifest line) for every file and ("keep", (path, split)) for the kept one.
+    """
     _, group = item
-    group = sorted(group, key=lambda d: d.source.path)
+    group = sorted((dataclasses.replace(d, split=patient_splits[d.patient]) for d in group),
+                   key=lambda d: d.source.path)
     keep = group[0]
-    yield "example", (keep.split, keep.example)
+    yield "keep", (keep.source.path, keep.split)
     yield "row", _row(keep, INGESTED, "")
     for dup in group[1:]:
         where = "" if dup.split == keep.split else f" (cross-split: kept in {keep.split}, would be in {dup.split})"
         yield "row", _row(dup, DUPLICATE, f"identical pixels to {keep.source.path}{where}")
+
+
+def _kept_example(d: _Decoded, kept: dict[str, str]):
+    """(split, example) for a file kept by deduplication; nothing for a duplicate."""
+    if d.source.path in kept:
+        yield kept[d.source.path], d.example
 
 
 def _row(d: _Decoded, state: str, reason: str) -> str:
@@ -469,7 +475,7 @@ def _route(decoded: _Decoded):
     if decoded.reason:
         yield beam.pvalue.TaggedOutput("quarantined", _row(decoded, QUARANTINED, decoded.reason))
     else:
-        yield decoded.patient, decoded
+        yield decoded
 
 
 def _num_shards(n_examples: int, config: IngestConfig) -> int:
@@ -530,21 +536,28 @@ def ingest(source: str, out_dir: str, config: IngestConfig = IngestConfig()) -> 
         | "Decode" >> beam.ParDo(_DecodeFn(listing.labels, config, secret))
         | "Route" >> beam.FlatMap(_route).with_outputs("quarantined", main="ok")
     )
-    resolved = (
-        decoded.ok
+    # Splits and duplicates are decided on the bookkeeping alone; the pixels never go through a shuffle.
+    light = decoded.ok | "DropPixels" >> beam.Map(_without_pixels)
+    patient_splits = (
+        light
+        | "KeyByPatient" >> beam.Map(lambda d: (d.patient, d.source.split))
         | "GroupByPatient" >> beam.GroupByKey()
-        | "SplitByPatient" >> beam.FlatMap(_split_patient, config)
+        | "SplitByPatient" >> beam.Map(lambda kv, c: (kv[0], assign_split(kv[0], set(kv[1]), c)), config)
+    )
+    resolved = (
+        light
         | "KeyByPixels" >> beam.Map(lambda d: (d.pixel_hash, d))
         | "GroupIdentical" >> beam.GroupByKey()
-        | "Deduplicate" >> beam.FlatMap(_resolve_duplicates)
+        | "Deduplicate" >> beam.FlatMap(_resolve_duplicates, beam.pvalue.AsDict(patient_splits))
     )
     rows = resolved | "Rows" >> beam.Filter(lambda kv: kv[0] == "row") | "RowText" >> beam.Map(lambda kv: kv[1])
-    examples = resolved | "Examples" >> beam.Filter(lambda kv: kv[0] == "example")
+    kept = resolved | "Kept" >> beam.Filter(lambda kv: kv[0] == "keep") | "KeptPaths" >> beam.Map(lambda kv: kv[1])
+    examples = decoded.ok | "KeptExamples" >> beam.FlatMap(_kept_example, beam.pvalue.AsDict(kept))
     for split in ex.SPLITS:
         (
             examples
-            | f"Select{split}" >> beam.Filter(lambda kv, s=split: kv[1][0] == s)
-            | f"Serialized{split}" >> beam.Map(lambda kv: kv[1][1])
+            | f"Select{split}" >> beam.Filter(lambda kv, s=split: kv[0] == s)
+            | f"Serialized{split}" >> beam.Map(lambda kv: kv[1])
             | f"Write{split}" >> beam.io.WriteToTFRecord(
                 os.path.join(out_dir, split, split),
                 file_name_suffix=ex.SHARD_SUFFIX,
