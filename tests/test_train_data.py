@@ -10,7 +10,7 @@ import pytest
 from radflow import examples as ex
 from radflow.components.train.config import TrainConfig
 from radflow.components.train.cv import assign_folds
-from radflow.components.train.data import augmentation, make_dataset, read_index
+from radflow.components.train.data import RandomAffine, augmentation, make_dataset, read_index
 from radflow.components.train.fit import learning_rate
 from radflow.components.train.strategy import (
     MIRRORED,
@@ -46,14 +46,27 @@ def test_augmentation_changes_training_images_only_within_range(examples_dir):
     metadata = ex.read_metadata(examples_dir)
     config = TrainConfig(rotation=0.05, zoom=0.1, translation=0.1, contrast=0.2)
     aug = augmentation(config)
-    assert not any(isinstance(layer, keras.layers.RandomFlip) for layer in aug.layers)
-    assert any(isinstance(layer, keras.layers.RandomFlip) for layer in augmentation(
-        TrainConfig(horizontal_flip=True)).layers)
+    assert [type(layer) for layer in aug.geometric.layers] == [RandomAffine]  # no flip by default, never vertical
+    flip = augmentation(TrainConfig(horizontal_flip=True)).geometric.layers[-1]
+    assert isinstance(flip, keras.layers.RandomFlip) and flip.mode == "horizontal"
     assert augmentation(TrainConfig(augment=False)) is None
     plain = next(iter(make_dataset(examples_dir, "val", metadata, 8, training=False)))[0].numpy()
     augmented = next(iter(make_dataset(examples_dir, "val", metadata, 8, training=False, augment=aug)))[0].numpy()
     assert augmented.shape == plain.shape and 0 <= augmented.min() and augmented.max() <= 1
     assert not np.allclose(augmented, plain)
+
+
+def test_random_affine_resamples_once_and_is_exact_at_zero():
+    pixels = np.random.default_rng(0).integers(0, 255, (4, 24, 24, 1), np.uint8)
+    np.testing.assert_array_equal(RandomAffine(0.0, 0.0, 0.0, dtype="uint8")(pixels), pixels)
+    # Rotation and zoom turn about the image centre: a centre pixel stays put, exactly, in every image.
+    dot = np.zeros((8, 25, 25, 1), np.uint8)
+    dot[:, 12, 12] = 255
+    turned = np.asarray(RandomAffine(0.05, 0.1, 0.0, seed=3, dtype="uint8")(dot))
+    assert turned.dtype == np.uint8 and (turned[:, 12, 12, 0] == 255).all()
+    assert not np.array_equal(turned, dot)  # the rest did move: the dot's neighbours pick up interpolated mass
+    moved = np.asarray(RandomAffine(0.0, 0.0, 0.2, seed=3, dtype="uint8")(dot))
+    assert (moved[:, 12, 12, 0] < 255).any()  # a shift moves even the centre
 
 
 def test_groups_select_whole_patients(examples_dir):

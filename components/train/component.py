@@ -5,13 +5,13 @@ from kfp.dsl import HTML, Artifact, Dataset, Input, Model, Output
 
 def train(examples: Input[Dataset], class_balance: Input[Artifact], config: dict, model: Output[Model],
           curves: Output[HTML]):
-    """Trains the baseline CNN under the machine's tf.distribute strategy and exports it.
+    """Trains the configured model under the machine's tf.distribute strategy and exports it.
 
     Args:
         examples: an ingest output.
         class_balance: a class_balance output.
         config: TrainConfig fields.
-        model: saved_model/ (the servable), model.keras, history and training.json.
+        model: saved_model/ (the servable), model.keras, history, cv.json (with cv_folds) and training.json.
         curves: training curves, rendered by the KFP UI.
     """
     from radflow.components.class_balance.class_balance import read_class_balance
@@ -22,6 +22,9 @@ def train(examples: Input[Dataset], class_balance: Input[Artifact], config: dict
 
     result = run_train(examples.path, model.path, read_class_balance(class_balance.path),
                        from_dict(TrainConfig, config))
-    model.metadata.update({"framework": "tensorflow", "strategy": result.strategy, "replicas": result.replicas,
-                           "epochs_run": result.epochs_run, "best_val_auc": result.best_val_auc})
+    model.metadata.update({"framework": "tensorflow", "model": result.model, "strategy": result.strategy,
+                           "replicas": result.replicas, "epochs_run": result.epochs_run,
+                           "best_val_auc": result.best_val_auc, "last_conv_layer": result.last_conv_layer})
+    if result.cv:
+        model.metadata["cv_val_auc"] = result.cv["metrics"]["val_auc"]
     write_images_html(curves.path, "Training curves", [f"{model.path}/{CURVES_FILE}"])

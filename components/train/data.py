@@ -2,7 +2,8 @@
 
     shards -> parallel interleave -> parse + standardize (parallel map) -> cache (if it fits)
            -> [one stream per class, sampled equally, when oversampling] -> shuffle -> batch
-           -> to_model_input, augmentation, class weights (parallel map) -> prefetch
+           -> augmentation (geometry on uint8, then to_model_input, then contrast), class weights
+              (parallel map) -> prefetch
 
 Images go through `radflow.preprocessing.standardize` and `to_model_input`, the functions the
 exported serving signature composes, so the network sees the same tensor for the same image in
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
+from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -28,7 +30,72 @@ SHUFFLE_BUFFER = 10_000  # examples; the whole split for the data sets radflow i
 CLASS_WEIGHTS, OVERSAMPLE, NO_BALANCE = "class_weights", "oversample", "none"
 
 
-def augmentation(config: TrainConfig) -> keras.Sequential | None:
+class RandomAffine(keras.layers.Layer):
+    """Random rotation, zoom and shift of a batch of images in one bilinear resampling.
+
+    Keras' RandomRotation, RandomZoom and RandomTranslation each resample the image: three
+    interpolations blur fine detail (interstitial markings, line tips) three times and cost three
+    passes. Composing them into one affine matrix per image resamples once. It runs on uint8
+    pixels, which `ImageProjectiveTransformV3` resamples about four times faster than float32.
+
+    Args:
+        rotation: largest rotation, as a fraction of a full turn.
+        zoom: largest zoom in or out, as a fraction of the image size.
+        translation: largest shift, as a fraction of the image size.
+        seed: random seed.
+    """
+
+    def __init__(self, rotation: float, zoom: float, translation: float, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.rotation, self.zoom, self.translation, self.seed = rotation, zoom, translation, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=True):
+        if not training:
+            return images
+        ops = keras.ops
+        shape = ops.shape(images)
+        n, h, w = shape[0], ops.cast(shape[1], "float32"), ops.cast(shape[2], "float32")
+
+        def uniform(limit):
+            return keras.random.uniform((n,), -limit, limit, seed=self.seed_generator)
+
+        angle, scale = uniform(self.rotation) * 2 * math.pi, 1.0 + uniform(self.zoom)
+        tx, ty = uniform(self.translation) * w, uniform(self.translation) * h
+        # Output pixel p shows input pixel q = C + R(-angle) (p - C - t) / scale.
+        c, s = ops.cos(angle) / scale, ops.sin(angle) / scale
+        cx, cy = (w - 1) / 2, (h - 1) / 2
+        matrix = ops.stack([c, s, cx - c * (cx + tx) - s * (cy + ty),
+                            -s, c, cy + s * (cx + tx) - c * (cy + ty),
+                            ops.zeros_like(c), ops.zeros_like(c)], axis=1)
+        return ops.image.affine_transform(images, matrix, interpolation="bilinear", fill_mode="constant")
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rotation": self.rotation, "zoom": self.zoom,
+                "translation": self.translation, "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Training augmentation in two halves: geometry on uint8 pixels, then intensity on [0, 1] floats.
+
+    Args:
+        geometric: RandomAffine (and RandomFlip when asked), on uint8 batches.
+        intensity: Keras' RandomContrast, after `to_model_input`.
+    """
+
+    geometric: keras.Sequential
+    intensity: keras.Sequential
+
+    def __call__(self, pixels: tf.Tensor) -> tf.Tensor:
+        """uint8 (N, H, W, C) pixels to augmented float32 network input in [0, 1]."""
+        return self.intensity(to_model_input(self.geometric(pixels, training=True)), training=True)
+
+
+def augmentation(config: TrainConfig) -> Augmentation | None:
     """Small geometric and contrast changes a radiograph survives; None when augmentation is off.
 
     No vertical flip ever (anatomy has an up), horizontal flip only when asked (laterality is
@@ -38,15 +105,12 @@ def augmentation(config: TrainConfig) -> keras.Sequential | None:
     if not config.augment:
         return None
     seed = config.seed
-    layers: list[keras.layers.Layer] = [
-        keras.layers.RandomRotation(config.rotation, fill_mode="constant", seed=seed),
-        keras.layers.RandomZoom(config.zoom, fill_mode="constant", seed=seed + 1),
-        keras.layers.RandomTranslation(config.translation, config.translation, fill_mode="constant", seed=seed + 2),
-        keras.layers.RandomContrast(config.contrast, value_range=(0.0, 1.0), seed=seed + 3),
-    ]
+    geometric: list[keras.layers.Layer] = [
+        RandomAffine(config.rotation, config.zoom, config.translation, seed=seed, dtype="uint8")]
     if config.horizontal_flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 4))
-    return keras.Sequential(layers, name="augmentation")
+        geometric.append(keras.layers.RandomFlip("horizontal", seed=seed + 1, dtype="uint8"))
+    intensity = keras.layers.RandomContrast(config.contrast, value_range=(0.0, 1.0), seed=seed + 2)
+    return Augmentation(keras.Sequential(geometric, name="geometric"), keras.Sequential([intensity], name="intensity"))
 
 
 def group_key(parsed: dict[str, tf.Tensor]) -> tf.Tensor:
@@ -92,7 +156,7 @@ def make_dataset(
     training: bool,
     seed: int = 0,
     *,
-    augment: keras.Sequential | None = None,
+    augment: Augmentation | None = None,
     balance: str = NO_BALANCE,
     class_weights: dict[int, float] | None = None,
     groups: Collection[str] | None = None,
@@ -106,7 +170,7 @@ def make_dataset(
         batch_size: the global batch size.
         training: shuffle (and reshuffle every epoch) and allow augmentation and balancing.
         seed: shuffling and sampling seed.
-        augment: a Keras model applied to training batches (see `augmentation`).
+        augment: applied to training batches (see `augmentation`).
         balance: "class_weights" adds a per-example loss weight from `class_weights`;
             "oversample" draws every class equally often and repeats forever (give Keras
             steps_per_epoch); "none" leaves the data as it is.
@@ -153,9 +217,7 @@ def make_dataset(
     weights = tf.constant([(class_weights or {}).get(c, 1.0) for c in range(k)], tf.float32)
 
     def to_inputs(images, labels):
-        x = to_model_input(images)
-        if augment is not None:
-            x = augment(x, training=True)
+        x = augment(images) if augment is not None else to_model_input(images)
         y = tf.cast(labels[:, None], tf.float32) if k == 2 else tf.one_hot(labels, k)
         if training and balance == CLASS_WEIGHTS:
             return x, y, tf.gather(weights, labels)
