@@ -24,6 +24,7 @@ from radflow.components.ingest.ingest import (
     MANIFEST_COLUMNS,
     QUARANTINED,
     SourceFile,
+    _num_shards,
     assign_split,
     class_share_gaps,
     decode_file,
@@ -384,6 +385,15 @@ def test_manifest_source_with_patients_and_splits(tmp_path, caplog):
     progress = [r.getMessage() for r in caplog.records if "ingest progress" in r.getMessage()]
     assert progress and all("has read 5 files" in line for line in progress)  # a line every 5 files per worker
     assert any("'decoded': 12, 'quarantined': 1" in r.getMessage() for r in caplog.records)
+
+
+def test_shards_aim_at_about_150_megabytes():
+    config = IngestConfig(image_size=224, channels=1)
+    per_example = 224 * 224 + 600
+    for n in (1, 3000, 10_000, 100_000):
+        shards = _num_shards(n, config)
+        assert shards == 1 or 100 * 2**20 <= n * per_example / shards <= 200 * 2**20, (n, shards)
+    assert _num_shards(10_000, config) == 4
 
 
 def test_runner_and_its_options_pass_through():
