@@ -227,7 +227,8 @@ def list_sources(source: str, config: IngestConfig) -> Listing:
         for path, rel in zip(paths, rels, strict=True):
             parts = rel.split("/")
             if layout == KAGGLE:  # train/<class>/file; a file directly under train/ has no class
-                split, label = parts[0].lower(), (parts[1] if len(parts) >= 3 else "")
+                split = parts[0].lower() if len(parts) >= 2 else ""
+                label = parts[1] if len(parts) >= 3 else ""
             else:  # <class>/file; a file at the root has no class
                 split, label = "", (parts[0] if len(parts) >= 2 else "")
             files.append(SourceFile(path, label, split, patient_id(rel), rel))
@@ -524,6 +525,9 @@ def ingest(source: str, out_dir: str, config: IngestConfig = IngestConfig()) -> 
         raise FileExistsError(f"{out_dir} already holds a finished ingest; choose a new output directory")
     listing = list_sources(source, config)
     secret, secret_source = resolve_patient_key_secret(config)
+    if config.resize_policy == "crop":
+        log.warning("resize_policy 'crop': the serving signature must centre-crop requests too (metadata.json "
+                    "records the policy), or served images will be padded while training images were cropped")
     expected = _expected_split_sizes(listing.files, config)
     log.info("ingest: %d files (%s layout), labels %s, runner %s", len(listing.files), listing.layout,
              listing.labels, config.runner)
