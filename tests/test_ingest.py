@@ -495,3 +495,22 @@ def test_synth_set_ingests_with_its_corrupt_files_quarantined(examples_dir, synt
     assert len(rows) == on_disk
     assert len(quarantined) == 2
     assert ex.read_metadata(examples_dir).layout == KAGGLE
+
+
+def test_dated_deliveries_read_all_or_only_the_latest(tmp_path):
+    """Retraining sources grow by dated delivery folders, each in the usual layout."""
+    from radflow.components.ingest.ingest import select_deliveries
+
+    for day, patient in (("2026-09-01", 1), ("2026-10-01", 2), ("2026-11-01", 3)):
+        for label in ("NORMAL", "PNEUMONIA"):
+            d = tmp_path / day / "train" / label
+            d.mkdir(parents=True)
+            (d / f"person{patient}_virus_1.jpeg").write_bytes(b"x")
+    every = list_sources(str(tmp_path), IngestConfig())
+    assert every.layout == "kaggle" and len(every.files) == 6
+    assert {f.split for f in every.files} <= {"train", "val"} and every.labels == ("NORMAL", "PNEUMONIA")
+    latest = list_sources(str(tmp_path), IngestConfig(latest_deliveries=2))
+    assert sorted({f.rel_path.split("/")[0] for f in latest.files}) == ["2026-10-01", "2026-11-01"]
+    # A source whose top folders are not all dates is one delivery: nothing is dropped.
+    paths, rels, within = select_deliveries(["a/NORMAL/x.png", "b/x.png"], ["NORMAL/x.png", "2026-01-01/x.png"], 1)
+    assert rels == within == ["NORMAL/x.png", "2026-01-01/x.png"]

@@ -21,6 +21,7 @@ class IngestConfig:
     # val from it (Kaggle's val folder has 16 images); keep: use official splits as given; resplit: ignore them.
     official_splits: str = "merge_val"
     seed: int = 0  # split salt: a patient's split depends only on its id and this seed
+    latest_deliveries: int = 0  # source of dated delivery folders (2026-11-01/...): read the newest N; 0 = all
     labels: tuple[str, ...] = ()  # class names in label order; empty = sorted class folder (or manifest) names
     max_quarantined_fraction: float = 0.1  # fail the run when more inputs than this are quarantined
     max_class_share_gap: float = 0.05  # warn when a split's class share is further than this from the whole set's

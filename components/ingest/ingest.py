@@ -55,6 +55,9 @@ KAGGLE, CLASS_PER_FOLDER, MANIFEST = "kaggle", "class_per_folder", "manifest"
 TARGET_SHARD_BYTES = 150 * 2**20  # aim for ~150 MB shards: large enough to stream well, small enough to parallelise
 EXAMPLE_OVERHEAD_BYTES = 600  # per-example bytes besides the pixels: scalar features, keys, TFRecord framing
 
+# A dated delivery folder: 2026-11-01, 20261101 or dt=2026-11-01.
+_DELIVERY = re.compile(r"^(?:dt=)?\d{4}-?\d{2}-?\d{2}$")
+
 # Kaggle chest-xray-pneumonia file names carry the patient: person1_bacteria_1.jpeg,
 # person1_virus_6.jpeg, IM-0115-0001.jpeg, NORMAL2-IM-0200-0001.jpeg.
 _PATIENT_PATTERNS = (
@@ -198,6 +201,33 @@ def _list_manifest(source: str) -> list[SourceFile]:
     return files
 
 
+def select_deliveries(
+    paths: list[str], rels: list[str], latest: int
+) -> tuple[list[str], list[str], list[str]]:
+    """Keeps the files of the latest `latest` dated delivery folders (all of them when 0).
+
+    Retraining sources often grow by deliveries, `<prefix>/2026-11-01/<layout>/...`. When every
+    top-level folder is a date (2026-11-01, 20261101, dt=2026-11-01), each is one delivery in the
+    usual layout; otherwise the source is a single delivery and nothing is dropped.
+
+    Args:
+        paths: the files under the source.
+        rels: their paths relative to the source.
+        latest: how many of the newest deliveries to keep; 0 keeps every delivery.
+
+    Returns:
+        The kept paths, their relative paths, and their paths relative to their delivery folder
+        (which the layout is read from).
+    """
+    tops = {r.split("/")[0] for r in rels if "/" in r}
+    if not tops or not all(_DELIVERY.match(t) for t in tops) or any("/" not in r for r in rels):
+        return paths, rels, rels
+    keep = set(sorted(tops, key=lambda t: re.sub(r"\D", "", t))[-latest:] if latest else tops)
+    log.info("ingest: %d dated deliveries, reading %s", len(tops), sorted(keep))
+    kept = [(p, r) for p, r in zip(paths, rels, strict=True) if r.split("/")[0] in keep]
+    return [p for p, _ in kept], [r for _, r in kept], [r.split("/", 1)[1] for _, r in kept]
+
+
 def list_sources(source: str, config: IngestConfig) -> Listing:
     """Lists the inputs under `source`, with their labels, official splits and file-name patient ids.
 
@@ -221,11 +251,12 @@ def list_sources(source: str, config: IngestConfig) -> Listing:
             raise FileNotFoundError(f"ingest source {source!r} holds no files (empty or unreadable)")
         prefix = source.rstrip("/") + "/"
         rels = [p[len(prefix):] if p.startswith(prefix) else os.path.basename(p) for p in paths]
-        tops = {r.split("/")[0].lower() for r in rels if "/" in r}
+        paths, rels, within = select_deliveries(paths, rels, config.latest_deliveries)
+        tops = {r.split("/")[0].lower() for r in within if "/" in r}
         layout = KAGGLE if tops and tops <= set(ex.SPLITS) else CLASS_PER_FOLDER
         files = []
-        for path, rel in zip(paths, rels, strict=True):
-            parts = rel.split("/")
+        for path, rel, inner in zip(paths, rels, within, strict=True):
+            parts = inner.split("/")
             if layout == KAGGLE:  # train/<class>/file; a file directly under train/ has no class
                 split = parts[0].lower() if len(parts) >= 2 else ""
                 label = parts[1] if len(parts) >= 3 else ""
