@@ -452,3 +452,16 @@ def test_js_divergence_agrees_with_tfdvs_own_comparator():
                                  anomalies.anomaly_info["x"].reason[0].description).group(1))
     [drift] = dr.compare(after.datasets[0], before.datasets[0], DriftThresholds())
     assert drift.value == pytest.approx(tfdv_value, abs=1e-3) and drift.value > 0.1
+
+
+def test_a_curated_schema_for_other_labels_says_how_to_proceed():
+    """A brain-MRI set run with the default chest X-ray schema is told what to change, not just what failed."""
+    from radflow.components.validate import schema as sc
+
+    schema = tfdv.load_schema_text(sc.curated_path("chest_xray"))
+    brain = ex.DatasetMetadata(("glioma", "meningioma", "no_tumor"), SIZE, 1, {})
+    (line,) = v._label_set_mismatch(schema, brain, ValidateConfig(schema_name="chest_xray"))
+    assert "'chest_xray' is for labels ['NORMAL', 'PNEUMONIA']" in line and "schema_name to ''" in line
+    chest = ex.DatasetMetadata(("NORMAL", "PNEUMONIA"), SIZE, 1, {})
+    assert v._label_set_mismatch(schema, chest, ValidateConfig(schema_name="chest_xray")) == []
+    assert v._label_set_mismatch(schema, brain, ValidateConfig(schema_name="")) == []

@@ -248,6 +248,20 @@ def _load_schema(
     return sc.infer(train, metadata), f"inferred from train ({missing}freeze it with `radflow schema freeze RUN`)"
 
 
+def _label_set_mismatch(schema: schema_pb2.Schema, metadata: ex.DatasetMetadata, config: ValidateConfig) -> list[str]:
+    """One anomaly, saying what to do, when a curated schema was frozen for another label set.
+
+    The per-split label anomalies that follow say which values were unexpected; this line says why:
+    e.g. a brain-MRI set validated against the default chest X-ray schema.
+    """
+    domain = tuple(tfdv.get_feature(schema, ex.LABEL_NAME).string_domain.value)
+    if not config.schema_name or config.schema_path or not domain or set(domain) == set(metadata.label_names):
+        return []
+    return [f"dataset: the curated schema {config.schema_name!r} is for labels {list(domain)}, but this dataset's "
+            f"labels are {list(metadata.label_names)}; set validate.schema_name to '' to infer a schema from "
+            f"train (then `radflow schema freeze RUN --name NAME`), or name a schema frozen for this dataset"]
+
+
 def last_blessed_statistics(serving_root: str, model_name: str) -> str:
     """The train statistics kept beside the highest published version, the drift baseline; "" if none.
 
@@ -380,6 +394,7 @@ def validate(
 
     schema, schema_source = _load_schema(config, stats.get("train") if num_examples.get("train") else None, metadata)
     if schema is not None:
+        anomalies.extend(_label_set_mismatch(schema, metadata, config))
         tfdv.write_schema_text(schema, os.path.join(out_dir, SCHEMA_FILE))
         for split, split_stats in stats.items():
             if num_examples[split]:
