@@ -16,7 +16,8 @@ def test_local_run_pushes_a_servable_model(tmp_path, capsys):
     data, serving_root = str(tmp_path / "data"), tmp_path / "models"
     synthesize(data, n=240, seed=7, min_side=64, max_side=128)
     config = tmp_path / "config.yaml"
-    config.write_text("ingest: {image_size: 64}\ntrain: {epochs: 15, batch_size: 16}\nevaluate: {min_roc_auc: 0.75, min_roc_auc_ci_lower: 0.5}\n")
+    config.write_text("ingest: {image_size: 64}\ntrain: {epochs: 15, batch_size: 16}\n"
+                      "evaluate: {min_roc_auc: 0.75, min_roc_auc_ci_lower: 0.5}\n")
 
     code = main(["run", "--local", "--data", data, "--serving-root", str(serving_root),
                  "--pipeline-root", str(tmp_path / "runs"), "--config", str(config)])
