@@ -402,7 +402,8 @@ def test_runner_and_its_options_pass_through():
     flags = options.get_all_options()
     assert flags["runner"] == "FlinkRunner" and flags["flink_master"] == "flink:8081" and flags["parallelism"] == 8
     local = pipeline_options(IngestConfig()).get_all_options()
-    assert local["direct_running_mode"] == "multi_processing" and local["direct_num_workers"] == 0  # all cores
+    assert local["direct_running_mode"] == "multi_threading"
+    assert local["direct_num_workers"] == (os.cpu_count() or 1)  # all cores
 
 
 def test_cli_ingest_passes_beam_args_through(tmp_path, capsys):
