@@ -46,6 +46,9 @@ def parse_toleration(text: str) -> dict[str, str]:
     return {"key": key, "operator": "Exists", "effect": effect}
 
 
+FOLD_TASK_PREFIX = "train_fold_"  # cross-validation fold tasks: train_fold_0, train_fold_1, ...
+
+
 def apply_cluster_settings(tasks: dict[str, PipelineTask], config: ClusterConfig, tfjob: bool = False) -> None:
     """Sets requests, placement, storage, retries and deadlines on the pipeline's tasks.
 
@@ -58,7 +61,8 @@ def apply_cluster_settings(tasks: dict[str, PipelineTask], config: ClusterConfig
         ValueError: a malformed node label or toleration, or an unsupported GPU count.
     """
     for name, task in tasks.items():
-        trains_here = name == "train" and not tfjob
+        stage = "train" if name.startswith(FOLD_TASK_PREFIX) else name  # a fold fit is sized and retried as train
+        trains_here = stage == "train" and not tfjob
         cpu, memory = (config.train_cpu, config.train_memory) if trains_here else (config.cpu, config.memory)
         task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
         if trains_here and config.gpus > 0:
@@ -67,10 +71,10 @@ def apply_cluster_settings(tasks: dict[str, PipelineTask], config: ClusterConfig
                 kubernetes.add_node_selector(task, *parse_label(label))
             for toleration in config.gpu_tolerations:
                 kubernetes.add_toleration(task, **parse_toleration(toleration))
-        if name in config.retry_stages and config.retries > 0:
+        if stage in config.retry_stages and config.retries > 0:
             task.set_retry(num_retries=config.retries, backoff_duration="60s", backoff_factor=2.0)
         timeout = config.timeout_s
-        if name == "train":
+        if stage == "train":
             # A launcher outlives its TFJob's own deadline, so the job's failure reason is what surfaces.
             timeout = config.train_timeout_s + (LAUNCHER_GRACE_S if tfjob else 0)
         kubernetes.set_timeout(task, timeout)

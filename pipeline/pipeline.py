@@ -22,7 +22,7 @@ from radflow.components.push import component as push_component
 from radflow.components.train import component as train_component
 from radflow.components.validate import component as validate_component
 from radflow.pipeline import tfjob as tfjob_component
-from radflow.pipeline.cluster import apply_cluster_settings
+from radflow.pipeline.cluster import FOLD_TASK_PREFIX, apply_cluster_settings
 from radflow.pipeline.config import PipelineConfig, to_dict
 
 PIPELINE_NAME = "radflow"
@@ -69,6 +69,10 @@ def build_pipeline(config: PipelineConfig = PipelineConfig()) -> Callable:
     train_extra = {"cluster": to_dict(config.cluster), "image": config.image} if multi_node else {}
     if multi_node:
         c["train"] = dsl.component(tfjob_component.train, base_image=config.image, install_kfp_package=False)
+    # With a multi-node TFJob the folds run inside the job's workers, one after another.
+    fan_out_folds = config.train.cv_folds >= 2 and not multi_node
+    for name in ("train_fold", "merge_folds", "train_after_folds"):
+        c[name] = dsl.component(getattr(train_component, name), base_image=config.image, install_kfp_package=False)
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -89,8 +93,23 @@ def build_pipeline(config: PipelineConfig = PipelineConfig()) -> Callable:
         validate = c["validate"](examples=examples, config=validate_config, serving_root=serving_root,
                                  push_config=push_config)
         balance = c["class_balance"](examples=examples, config=class_balance_config).after(validate)
-        train = c["train"](examples=examples, class_balance=balance.outputs["class_balance"], config=train_config,
-                           **train_extra)
+        class_balance = balance.outputs["class_balance"]
+        fold_tasks = {}
+        if fan_out_folds:
+            # Cross-validation folds as parallel tasks, met pairwise by merge_folds (no ParallelFor: kfp.local
+            # cannot run it); the final fit then only summarises them. The fold count is fixed at compile time.
+            folds = [c["train_fold"](examples=examples, class_balance=class_balance, config=train_config, fold=i)
+                     .set_display_name(f"{FOLD_TASK_PREFIX}{i}") for i in range(config.train.cv_folds)]
+            fold_tasks = {f"{FOLD_TASK_PREFIX}{i}": t for i, t in enumerate(folds)}
+            merged = folds[0].outputs["fold_result"]
+            for i, fold in enumerate(folds[1:], start=1):
+                merge = c["merge_folds"](first=merged, second=fold.outputs["fold_result"])
+                fold_tasks[f"merge_folds_{i}"] = merge.set_display_name(f"merge_folds_{i}")
+                merged = merge.outputs["merged"]
+            train = c["train_after_folds"](examples=examples, class_balance=class_balance, folds=merged,
+                                           config=train_config)
+        else:
+            train = c["train"](examples=examples, class_balance=class_balance, config=train_config, **train_extra)
         evaluate = c["evaluate"](model=train.outputs["model"], examples=examples, config=evaluate_config,
                                  serving_root=serving_root, push_config=push_config)
         push = c["push"](model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"],
@@ -99,8 +118,10 @@ def build_pipeline(config: PipelineConfig = PipelineConfig()) -> Callable:
         # New data can arrive under unchanged parameters: never answer ingest or train from cache.
         ingest.set_caching_options(False)
         train.set_caching_options(False)
+        for task in fold_tasks.values():
+            task.set_caching_options(False)
         apply_cluster_settings({"ingest": ingest, "validate": validate, "class_balance": balance, "train": train,
-                                "evaluate": evaluate, "push": push}, config.cluster, tfjob=multi_node)
+                                "evaluate": evaluate, "push": push, **fold_tasks}, config.cluster, tfjob=multi_node)
         return Outputs(examples=examples, evaluation=evaluate.outputs["evaluation"], pushed=push.outputs["pushed"])
 
     return radflow

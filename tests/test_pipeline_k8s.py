@@ -303,3 +303,27 @@ def test_cluster_config_round_trips_through_a_kfp_struct():
     values = json.loads(json.dumps(to_dict(CLUSTER)))  # as a KFP dict parameter arrives
     values["gpus"] = float(values["gpus"])
     assert from_dict(ClusterConfig, values) == CLUSTER
+
+
+def test_cross_validation_folds_are_parallel_gpu_tasks_met_by_merges(tmp_path):
+    from radflow.components.train.config import TrainConfig
+
+    path = compile_pipeline(PipelineConfig(train=TrainConfig(cv_folds=3)), str(tmp_path / "radflow.yaml"))
+    with open(path) as f:
+        spec, platform = yaml.safe_load_all(f)
+    tasks = spec["root"]["dag"]["tasks"]
+    deps = {name: set(t.get("dependentTasks", [])) for name, t in tasks.items()}
+    folds = ["train-fold", "train-fold-2", "train-fold-3"]
+    for fold in folds:  # every fold waits only for the data: they run side by side
+        assert deps[fold] == {"ingest", "class-balance"}
+        assert tasks[fold]["cachingOptions"] == {}
+    assert [tasks[f]["inputs"]["parameters"]["fold"]["runtimeValue"]["constant"] for f in folds] == [0, 1, 2]
+    assert deps["merge-folds"] == {"train-fold", "train-fold-2"}
+    assert deps["merge-folds-2"] == {"merge-folds", "train-fold-3"}
+    assert deps["train-after-folds"] == {"ingest", "class-balance", "merge-folds-2"}
+    assert deps["evaluate"] == {"ingest", "train-after-folds"}
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for executor in ("exec-train-fold", "exec-train-fold-2", "exec-train-fold-3", "exec-train-after-folds"):
+        assert _resources(spec, executor)["accelerator"]["resourceType"] == "nvidia.com/gpu"
+        assert "nodeSelector" in k8s[executor]
+    assert "accelerator" not in _resources(spec, "exec-merge-folds")

@@ -17,6 +17,7 @@ from radflow.components.class_balance.class_balance import compute_class_balance
 from radflow.components.class_balance.config import ClassBalanceConfig
 from radflow.components.train.config import TrainConfig
 from radflow.components.train.cv import CV_FILE
+from radflow.components.train.data import read_index
 from radflow.components.train.train import RESULT_FILE, train
 from radflow.components.train.tuning import TUNING_FILE, SearchSpace, katib_experiment, main, tune
 
@@ -146,3 +147,31 @@ def test_katib_experiment_is_generated_from_the_same_space(tmp_path):
     assert command[:2] == ["radflow", "train"] and "--learning-rate" in command
     assert {c[len("${trialParameters."):-1] for c in command if c.startswith("${")} == refs
     assert katib_experiment(space, algorithm="random")["spec"]["algorithm"]["algorithmName"] == "random"
+
+
+def test_fold_tasks_merged_pairwise_give_the_final_fit_its_summary(examples_dir, tmp_path):
+    """What the pipeline runs on a cluster: one task per fold, merge_folds fan-in, then the final fit."""
+    from radflow.components.train import cv
+
+    metadata = ex.read_metadata(examples_dir)
+    balance = compute_class_balance(metadata, ClassBalanceConfig())
+    config = TrainConfig(epochs=1, cv_folds=2, augment=False, **{**TINY, "filters": (8, 16)})
+    fold_dirs = [str(tmp_path / f"fold-{i}") for i in (1, 0)]  # any order: the summary sorts by fold
+    for fold, out in zip((1, 0), fold_dirs, strict=True):
+        assert cv.fit_fold(examples_dir, out, balance, config, fold)["fold"] == fold
+        assert not os.path.exists(os.path.join(out, ".fit"))  # resume state is not left in the artifact
+    merged = cv.merge_folds(fold_dirs[0], fold_dirs[1], str(tmp_path / "merged"))
+    assert [f["fold"] for f in merged] == [1, 0]
+
+    result = train(examples_dir, str(tmp_path / "final"), balance, config, fold_results=cv.read_folds(
+        str(tmp_path / "merged")))
+    keys, labels = read_index(examples_dir, cv.POOLED_SPLITS, metadata)
+    fold_of = cv.assign_folds(keys, labels, 2, config.seed)
+    expected_val = [sum(fold_of[k] == f for k in keys) for f in (0, 1)]
+    assert [f["val_examples"] for f in result.cv["per_fold"]] == expected_val
+    with open(tmp_path / "final" / CV_FILE) as f:
+        assert json.load(f) == result.cv
+    with pytest.raises(ValueError, match=r"expected folds \[0, 1\], got \[0, 0\]"):
+        cv.summarize([merged[1], merged[1]], 2)
+    with pytest.raises(ValueError, match="outside"):
+        cv.fit_fold(examples_dir, str(tmp_path / "x"), balance, config, 2)

@@ -30,6 +30,7 @@ from radflow.components.train.strategy import Acceleration
 log = logging.getLogger(__name__)
 
 CV_FILE = "cv.json"
+FOLD_FILE = "folds.json"  # fold results of one fold task, or of several once merged
 POOLED_SPLITS = ("train", "val")
 REPORTED = ("val_auc", "val_loss", "val_accuracy")
 
@@ -87,10 +88,46 @@ def _fold_balance(balance: ClassBalance, labels: np.ndarray, num_classes: int) -
     return replace(balance, class_weights=dict(enumerate(weights)), initial_bias=bias)
 
 
+def _fit_fold(examples_dir: str, metadata: ex.DatasetMetadata, balance: ClassBalance, config: TrainConfig,
+              strategy: tf.distribute.Strategy, accel: Acceleration, work_dir: str, keys: list[str],
+              labels: np.ndarray, fold_of: dict[str, int], fold: int) -> dict:
+    """Fits fold `fold` on the other folds and returns its validation metrics at its best epoch."""
+    example_folds = np.asarray([fold_of[g] for g in keys])
+    val_groups = {g for g, f in fold_of.items() if f == fold}
+    in_train = example_folds != fold
+    log.info("train: cross-validation fold %d/%d: %d train, %d validation examples", fold + 1, config.cv_folds,
+             int(in_train.sum()), int((~in_train).sum()))
+    fitted = fit_model(examples_dir, metadata, _fold_balance(balance, labels[in_train], metadata.num_classes),
+                       replace(config, cv_folds=0), strategy, accel, os.path.join(work_dir, f"fold-{fold}"),
+                       train_split=POOLED_SPLITS, val_split=POOLED_SPLITS, train_groups=set(fold_of) - val_groups,
+                       val_groups=val_groups, train_size=int(in_train.sum()), verbose=0)
+    best = fitted.best_epoch - 1
+    log.info("train: fold %d %s=%.4f", fold + 1, MONITOR, fitted.best_val_auc)
+    return {"fold": fold, "train_examples": int(in_train.sum()), "val_examples": int((~in_train).sum()),
+            "best_epoch": fitted.best_epoch, "groups": len(fold_of),
+            **{m: fitted.history[m][best] for m in REPORTED if m in fitted.history}}
+
+
+def summarize(per_fold: list[dict], folds: int) -> dict:
+    """Mean and standard deviation of each reported metric over the folds.
+
+    Raises:
+        ValueError: the fold results are not exactly folds 0..folds-1 (a fold missing or run twice).
+    """
+    found = sorted(f["fold"] for f in per_fold)
+    if found != list(range(folds)):
+        raise ValueError(f"cross-validation expected folds {list(range(folds))}, got {found}")
+    per_fold = sorted(per_fold, key=lambda f: f["fold"])
+    metrics = {m: {"mean": float(np.mean([f[m] for f in per_fold])), "std": float(np.std([f[m] for f in per_fold]))}
+               for m in REPORTED if all(m in f for f in per_fold)}
+    log.info("train: cross-validation %s", {m: f"{v['mean']:.4f} ± {v['std']:.4f}" for m, v in metrics.items()})
+    return {"folds": folds, "groups": per_fold[0]["groups"], "metrics": metrics, "per_fold": per_fold}
+
+
 def cross_validate(examples_dir: str, out_dir: str, metadata: ex.DatasetMetadata, balance: ClassBalance,
                    config: TrainConfig, strategy: tf.distribute.Strategy, accel: Acceleration,
                    work_dir: str) -> dict:
-    """Fits config.cv_folds models and writes their summary to OUT/cv.json.
+    """Fits config.cv_folds models one after another and writes their summary to OUT/cv.json.
 
     Args:
         examples_dir: an ingest output.
@@ -107,26 +144,58 @@ def cross_validate(examples_dir: str, out_dir: str, metadata: ex.DatasetMetadata
     """
     keys, labels = read_index(examples_dir, POOLED_SPLITS, metadata)
     fold_of = assign_folds(keys, labels, config.cv_folds, config.seed)
-    example_folds = np.asarray([fold_of[g] for g in keys])
-    per_fold = []
-    for fold in range(config.cv_folds):
-        val_groups = {g for g, f in fold_of.items() if f == fold}
-        train_groups = set(fold_of) - val_groups
-        in_train = example_folds != fold
-        log.info("train: cross-validation fold %d/%d: %d train, %d validation examples", fold + 1, config.cv_folds,
-                 int(in_train.sum()), int((~in_train).sum()))
-        fitted = fit_model(examples_dir, metadata, _fold_balance(balance, labels[in_train], metadata.num_classes),
-                           replace(config, cv_folds=0), strategy, accel, os.path.join(work_dir, f"fold-{fold}"),
-                           train_split=POOLED_SPLITS, val_split=POOLED_SPLITS, train_groups=train_groups,
-                           val_groups=val_groups, train_size=int(in_train.sum()), verbose=0)
-        best = fitted.best_epoch - 1
-        per_fold.append({"fold": fold, "train_examples": int(in_train.sum()), "val_examples": int((~in_train).sum()),
-                         "best_epoch": fitted.best_epoch,
-                         **{m: fitted.history[m][best] for m in REPORTED if m in fitted.history}})
-        log.info("train: fold %d %s=%.4f", fold + 1, MONITOR, fitted.best_val_auc)
-    metrics = {m: {"mean": float(np.mean([f[m] for f in per_fold])), "std": float(np.std([f[m] for f in per_fold]))}
-               for m in REPORTED if all(m in f for f in per_fold)}
-    summary = {"folds": config.cv_folds, "groups": len(fold_of), "metrics": metrics, "per_fold": per_fold}
-    fileio.write_text_atomic(os.path.join(out_dir, CV_FILE), json.dumps(summary, indent=2))
-    log.info("train: cross-validation %s", {m: f"{v['mean']:.4f} ± {v['std']:.4f}" for m, v in metrics.items()})
+    per_fold = [_fit_fold(examples_dir, metadata, balance, config, strategy, accel, work_dir, keys, labels, fold_of,
+                          fold) for fold in range(config.cv_folds)]
+    summary = summarize(per_fold, config.cv_folds)
+    write_summary(out_dir, summary)
     return summary
+
+
+def write_summary(out_dir: str, summary: dict) -> None:
+    fileio.write_text_atomic(os.path.join(out_dir, CV_FILE), json.dumps(summary, indent=2))
+
+
+def fit_fold(examples_dir: str, out_dir: str, balance: ClassBalance, config: TrainConfig, fold: int) -> dict:
+    """One fold of the cross-validation, on its own: what a cluster runs as a separate KFP task.
+
+    Every fold task assigns the folds the same way (same examples, cv_folds and seed), so k tasks
+    running in parallel together cover exactly the k folds `cross_validate` would fit in turn.
+
+    Args:
+        examples_dir: an ingest output.
+        out_dir: receives fold.json: a one-element list with this fold's metrics.
+        balance: class_balance's output.
+        config: hyperparameters, with cv_folds >= 2.
+        fold: which fold to hold out, in [0, cv_folds).
+
+    Returns:
+        The fold's metrics.
+    """
+    from radflow.components.train.strategy import acceleration, choose_strategy, device_kind
+
+    if not 0 <= fold < config.cv_folds:
+        raise ValueError(f"fold {fold} is outside [0, cv_folds={config.cv_folds})")
+    strategy = choose_strategy()
+    metadata = ex.read_metadata(examples_dir)
+    accel = acceleration(device_kind(strategy), config.mixed_precision, config.xla)
+    keys, labels = read_index(examples_dir, POOLED_SPLITS, metadata)
+    fold_of = assign_folds(keys, labels, config.cv_folds, config.seed)
+    work_dir = os.path.join(out_dir, ".fit")
+    result = _fit_fold(examples_dir, metadata, balance, config, strategy, accel, work_dir, keys, labels, fold_of, fold)
+    if tf.io.gfile.exists(work_dir):
+        tf.io.gfile.rmtree(work_dir)
+    fileio.write_text_atomic(os.path.join(out_dir, FOLD_FILE), json.dumps([result], indent=2))
+    return result
+
+
+def read_folds(out_dir: str) -> list[dict]:
+    """The fold results in a fold_fit or merge_folds output."""
+    return json.loads(fileio.read_text(os.path.join(out_dir, FOLD_FILE)))
+
+
+def merge_folds(first_dir: str, second_dir: str, out_dir: str) -> list[dict]:
+    """Concatenates two outputs' fold results: the fan-in that lets parallel fold tasks meet
+    without ParallelFor, which kfp.local cannot run."""
+    merged = read_folds(first_dir) + read_folds(second_dir)
+    fileio.write_text_atomic(os.path.join(out_dir, FOLD_FILE), json.dumps(merged, indent=2))
+    return merged

@@ -132,8 +132,19 @@ def plot_history(history: dict[str, list[float]], path: str) -> None:
     plt.close(fig)
 
 
+def model_metadata(result: TrainResult) -> dict:
+    """What the KFP Model artifact shows about a training run."""
+    metadata = {"framework": "tensorflow", "model": result.model, "strategy": result.strategy,
+                "replicas": result.replicas, "epochs_run": result.epochs_run, "best_val_auc": result.best_val_auc,
+                "last_conv_layer": result.last_conv_layer}
+    if result.cv:
+        metadata["cv_val_auc"] = result.cv["metrics"]["val_auc"]
+    return metadata
+
+
 def train(
-    examples_dir: str, out_dir: str, balance: ClassBalance, config: TrainConfig = TrainConfig()
+    examples_dir: str, out_dir: str, balance: ClassBalance, config: TrainConfig = TrainConfig(),
+    fold_results: list[dict] | None = None,
 ) -> TrainResult:
     """Trains the configured model and exports it.
 
@@ -146,6 +157,8 @@ def train(
             cv.json (with cv_folds) and, last, training.json.
         balance: class weights, initial bias and balancing strategy from class_balance.
         config: hyperparameters.
+        fold_results: the cv_folds folds' results when separate tasks fitted them (`cv.fit_fold`);
+            then they are summarised instead of fitted again here.
 
     Returns:
         What was trained, on what, and how well it did on validation.
@@ -164,7 +177,10 @@ def train(
     tf.io.gfile.makedirs(out_dir)
     backup_root = config.backup_dir or os.path.join(out_dir, BACKUP_DIR)
     summary = None
-    if config.cv_folds:
+    if fold_results is not None:
+        summary = cv.summarize(fold_results, config.cv_folds)
+        cv.write_summary(out_dir, summary)
+    elif config.cv_folds:
         summary = cv.cross_validate(examples_dir, out_dir, metadata, balance, config, strategy, accel,
                                     os.path.join(backup_root, "cv"))
     fitted = fit_model(examples_dir, metadata, balance, config, strategy, accel, os.path.join(backup_root, "final"),
