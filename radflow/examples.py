@@ -113,58 +113,37 @@ class ImageFeatures:
         header: dict[str, str] | None = None,
     ) -> ImageFeatures:
         """Measures decoded source pixels (H, W, C), scaled to 0-255 whatever their dtype."""
-        if pixels.dtype == np.uint8:
-            return cls._measure_uint8(pixels, source_format, bit_depth, patient_key, header or {})
-        scaled = pixels.astype(np.float32) * (255.0 / np.iinfo(pixels.dtype).max if pixels.dtype != np.uint8 else 1.0)
-        p05, p50, p95 = np.percentile(scaled, [5, 50, 95])
-        return cls(
-            orig_height=int(pixels.shape[0]),
-            orig_width=int(pixels.shape[1]),
-            source_format=source_format,
-            bit_depth=bit_depth,
-            patient_key=patient_key,
-            mean=float(scaled.mean()),
-            std=float(scaled.std()),
-            p05=float(p05),
-            p50=float(p50),
-            p95=float(p95),
-            near_black=float((scaled <= NEAR_BLACK).mean()),
-            near_white=float((scaled >= NEAR_WHITE).mean()),
-            header=dict(header or {}),
-        )
+        stats = _uint8_stats(pixels) if pixels.dtype == np.uint8 else _scaled_stats(pixels)
+        return cls(orig_height=int(pixels.shape[0]), orig_width=int(pixels.shape[1]), source_format=source_format,
+                   bit_depth=bit_depth, patient_key=patient_key, header=dict(header or {}), **stats)
 
-    @classmethod
-    def _measure_uint8(
-        cls, pixels: np.ndarray, source_format: str, bit_depth: int, patient_key: str, header: dict[str, str]
-    ) -> ImageFeatures:
-        """`measure` for uint8 pixels from a 256-bin histogram: the same values as np.percentile's
-        linear interpolation, without sorting a megapixel image (ingest measures every image)."""
-        hist = np.bincount(pixels.ravel(), minlength=256).astype(np.float64)
-        n = hist.sum()
-        values = np.arange(256, dtype=np.float64)
-        cum = np.cumsum(hist)
-        mean = float(hist @ values / n)
 
-        def percentile(q: float) -> float:
-            rank = q / 100 * (n - 1)
-            lo, hi = np.searchsorted(cum, [np.floor(rank), np.ceil(rank)], side="right")
-            return float(lo + (hi - lo) * (rank - np.floor(rank)))
+def _scaled_stats(pixels: np.ndarray) -> dict[str, float]:
+    """Intensity statistics of wider-than-8-bit pixels, scaled to 0-255."""
+    scaled = pixels.astype(np.float32) * (255.0 / np.iinfo(pixels.dtype).max)
+    p05, p50, p95 = np.percentile(scaled, [5, 50, 95])
+    return {"mean": float(scaled.mean()), "std": float(scaled.std()), "p05": float(p05), "p50": float(p50),
+            "p95": float(p95), "near_black": float((scaled <= NEAR_BLACK).mean()),
+            "near_white": float((scaled >= NEAR_WHITE).mean())}
 
-        return cls(
-            orig_height=int(pixels.shape[0]),
-            orig_width=int(pixels.shape[1]),
-            source_format=source_format,
-            bit_depth=bit_depth,
-            patient_key=patient_key,
-            mean=mean,
-            std=float(np.sqrt(hist @ (values - mean) ** 2 / n)),
-            p05=percentile(5),
-            p50=percentile(50),
-            p95=percentile(95),
-            near_black=float(hist[: NEAR_BLACK + 1].sum() / n),
-            near_white=float(hist[NEAR_WHITE:].sum() / n),
-            header=dict(header),
-        )
+
+def _uint8_stats(pixels: np.ndarray) -> dict[str, float]:
+    """The same statistics for uint8 pixels from a 256-bin histogram: the same values as np.percentile's
+    linear interpolation, without sorting a megapixel image (ingest measures every image)."""
+    hist = np.bincount(pixels.ravel(), minlength=256).astype(np.float64)
+    n = hist.sum()
+    values = np.arange(256, dtype=np.float64)
+    cum = np.cumsum(hist)
+    mean = float(hist @ values / n)
+
+    def percentile(q: float) -> float:
+        rank = q / 100 * (n - 1)
+        lo, hi = np.searchsorted(cum, [np.floor(rank), np.ceil(rank)], side="right")
+        return float(lo + (hi - lo) * (rank - np.floor(rank)))
+
+    return {"mean": mean, "std": float(np.sqrt(hist @ (values - mean) ** 2 / n)), "p05": percentile(5),
+            "p50": percentile(50), "p95": percentile(95), "near_black": float(hist[: NEAR_BLACK + 1].sum() / n),
+            "near_white": float(hist[NEAR_WHITE:].sum() / n)}
 
 
 @dataclass(frozen=True)

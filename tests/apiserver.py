@@ -122,3 +122,16 @@ class KfpApi:
 
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
+
+
+class FakeClock:
+    """A monotonic clock and sleep for waiters under test: sleeping advances time instantly."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+    def sleep(self, s):
+        self.t += s

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import yaml
-from apiserver import ApiServer, serve
+from apiserver import ApiServer, FakeClock, serve
 from kubernetes import client
 
 from radflow.pipeline import tfjob
@@ -215,19 +215,8 @@ def _cond(kind, reason="", message=""):
 RUNNING = {"conditions": [{"type": "Running", "status": "True"}]}
 
 
-class _Clock:
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self):
-        return self.t
-
-    def sleep(self, s):
-        self.t += s
-
-
 def test_tfjob_is_created_and_followed_until_it_succeeds():
-    cluster, clock = _Cluster([RUNNING, RUNNING, _cond("Succeeded", "TFJobSucceeded")]), _Clock()
+    cluster, clock = _Cluster([RUNNING, RUNNING, _cond("Succeeded", "TFJobSucceeded")]), FakeClock()
     with cluster as (custom, core):
         job = tfjob.run_tfjob(custom, core, _manifest(), timeout_s=100, poll_s=1, clock=clock, sleep=clock.sleep)
     assert job["metadata"]["name"] == "radflow-train-abc"
@@ -241,14 +230,14 @@ def test_tfjob_is_created_and_followed_until_it_succeeds():
 
 def test_failed_tfjob_fails_the_step_with_the_jobs_reason():
     failed = _cond("Failed", "TFJobFailed", "TFJob ml/radflow-train-abc has failed because 1 Worker replica(s) failed.")
-    cluster, clock = _Cluster([RUNNING, failed]), _Clock()
+    cluster, clock = _Cluster([RUNNING, failed]), FakeClock()
     with cluster as (custom, core), pytest.raises(tfjob.TFJobFailed, match="TFJobFailed: .*1 Worker replica"):
         tfjob.run_tfjob(custom, core, _manifest(), timeout_s=100, poll_s=1, clock=clock, sleep=clock.sleep)
 
 
 def test_unschedulable_workers_fail_the_step_with_the_schedulers_message_and_free_the_job():
     pods = [_pending_pod("radflow-train-abc-worker-0", "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")]
-    cluster, clock = _Cluster([{"conditions": [{"type": "Created", "status": "True"}]}] * 50, pods), _Clock()
+    cluster, clock = _Cluster([{"conditions": [{"type": "Created", "status": "True"}]}] * 50, pods), FakeClock()
     with cluster as (custom, core), pytest.raises(tfjob.TFJobFailed, match="Insufficient nvidia.com/gpu"):
         tfjob.run_tfjob(custom, core, _manifest(), timeout_s=1000, poll_s=10, unschedulable_after_s=30,
                         clock=clock, sleep=clock.sleep)
@@ -257,7 +246,7 @@ def test_unschedulable_workers_fail_the_step_with_the_schedulers_message_and_fre
 
 
 def test_a_retry_adopts_a_running_job_and_recreates_a_failed_one():
-    cluster, clock = _Cluster([RUNNING, _cond("Succeeded")], exists=True), _Clock()
+    cluster, clock = _Cluster([RUNNING, _cond("Succeeded")], exists=True), FakeClock()
     with cluster as (custom, core):
         tfjob.run_tfjob(custom, core, _manifest(), timeout_s=100, poll_s=1, clock=clock, sleep=clock.sleep)
     assert cluster.server.calls("DELETE") == [] and cluster.server.calls("POST") == [("POST", JOBS)]
@@ -277,7 +266,7 @@ def test_train_on_tfjob_copies_the_chiefs_finished_model(tmp_path):
     (chief / "saved_model").mkdir(parents=True)
     (chief / "saved_model" / "saved_model.pb").write_bytes(b"pb")
     (chief / "training.json").write_text("{}")
-    cluster, clock = _Cluster([_cond("Succeeded")]), _Clock()
+    cluster, clock = _Cluster([_cond("Succeeded")]), FakeClock()
     with cluster as (custom, _):
         returned = tfjob.train_on_tfjob(str(tmp_path / "ex"), str(tmp_path / "cb"), {"epochs": 1}, shared,
                                         "img", "gs://b/run/train/model", str(tmp_path / "model"),

@@ -1,7 +1,7 @@
 """`radflow submit` and the run waiter, against a loopback server answering KFP's v2beta1 REST paths."""
 
 import pytest
-from apiserver import ApiServer, KfpApi, serve
+from apiserver import ApiServer, FakeClock, KfpApi, serve
 from kubernetes import client
 
 from radflow.cli import main
@@ -23,17 +23,6 @@ def _run(state, tasks=(), error=None):
     if error:
         run["error"] = {"code": 2, "message": error}
     return run
-
-
-class _Clock:
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self):
-        return self.t
-
-    def sleep(self, s):
-        self.t += s
 
 
 @pytest.fixture(autouse=True)
@@ -138,7 +127,7 @@ def _client(url):
 def test_a_step_left_unschedulable_fails_the_wait_with_the_schedulers_message():
     stuck = _run("RUNNING", [_task("ingest", "SUCCEEDED"), _task(
         "train", "RUNNING", "Unschedulable: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")])
-    clock, lines = _Clock(), []
+    clock, lines = FakeClock(), []
     with KfpApi([_run("RUNNING", [_task("ingest", "RUNNING")]), stuck]) as kfp:
         with pytest.raises(RunFailed, match=r"step 'train' cannot be scheduled .*Insufficient nvidia.com/gpu"):
             wait_for_run(_client(kfp.server.url), "run-1", timeout_s=10_000, poll_s=30, unschedulable_after_s=600,
@@ -157,7 +146,7 @@ def test_unschedulable_pods_are_found_through_kubernetes_when_the_run_details_sa
             "message": "0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector."}]}}))
     httpd, _ = serve(pods)
     core = client.CoreV1Api(client.ApiClient(client.Configuration(host=pods.url)))
-    clock = _Clock()
+    clock = FakeClock()
     try:
         with KfpApi([running]) as kfp, pytest.raises(RunFailed, match="didn't match Pod's node affinity/selector"):
             wait_for_run(_client(kfp.server.url), "run-1", timeout_s=10_000, poll_s=60, unschedulable_after_s=300,
@@ -169,7 +158,7 @@ def test_unschedulable_pods_are_found_through_kubernetes_when_the_run_details_sa
 
 
 def test_a_long_but_schedulable_run_only_times_out_at_the_timeout():
-    clock = _Clock()
+    clock = FakeClock()
     with KfpApi([_run("RUNNING", [_task("train", "RUNNING")])]) as kfp:
         with pytest.raises(TimeoutError, match="did not finish within 3600s .*train RUNNING"):
             wait_for_run(_client(kfp.server.url), "run-1", timeout_s=3600, poll_s=600, unschedulable_after_s=60,
