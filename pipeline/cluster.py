@@ -11,6 +11,7 @@ from __future__ import annotations
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
+from radflow.components.ingest.config import IngestConfig
 from radflow.pipeline.config import ClusterConfig
 
 CREDENTIALS_FILE = "key.json"  # the key inside credentials_secret
@@ -46,6 +47,8 @@ def parse_toleration(text: str) -> dict[str, str]:
     return {"key": key, "operator": "Exists", "effect": effect}
 
 
+PATIENT_KEY_SECRET_KEY = "key"  # the data key in ClusterConfig.patient_key_secret's Secret
+PATIENT_KEY_ENV = IngestConfig.patient_key_secret_env  # the variable ingest reads the patient-key secret from
 FOLD_TASK_PREFIX = "train_fold_"  # cross-validation fold tasks: train_fold_0, train_fold_1, ...
 
 
@@ -80,6 +83,9 @@ def apply_cluster_settings(tasks: dict[str, PipelineTask], config: ClusterConfig
         kubernetes.set_timeout(task, timeout)
         if config.pvc:
             kubernetes.mount_pvc(task, pvc_name=config.pvc, mount_path=config.pvc_mount_path)
+        if name == "ingest" and config.patient_key_secret:
+            kubernetes.use_secret_as_env(task, secret_name=config.patient_key_secret,
+                                         secret_key_to_env={PATIENT_KEY_SECRET_KEY: PATIENT_KEY_ENV})
         if config.credentials_secret:
             kubernetes.use_secret_as_volume(task, secret_name=config.credentials_secret,
                                             mount_path=config.credentials_mount_path)

@@ -56,6 +56,9 @@ class ClusterConfig:
     # a Secret holding a service-account key.json, mounted read-only; "" = Workload Identity (no key at all)
     credentials_secret: str = ""
     credentials_mount_path: str = "/var/secrets/google"  # GOOGLE_APPLICATION_CREDENTIALS=<this>/key.json
+    # a Secret whose data key "key" is the patient-id HMAC key, given to ingest only, as the environment
+    # variable ingest reads at run time (IngestConfig.patient_key_secret_env); "" = a random key per run
+    patient_key_secret: str = ""
     train_workers: int = 1  # > 1: train launches a TFJob of this many MultiWorkerMirroredStrategy workers
     tfjob_namespace: str = "kubeflow"  # namespace of the TFJob (the pipeline's service account may create there)
     tfjob_service_account: str = "pipeline-runner"  # the workers' identity: KFP's, bound by Workload Identity

@@ -316,3 +316,15 @@ def test_cross_validation_folds_are_parallel_gpu_tasks_met_by_merges(tmp_path):
         assert _resources(spec, executor)["accelerator"]["resourceType"] == "nvidia.com/gpu"
         assert "nodeSelector" in k8s[executor]
     assert "accelerator" not in _resources(spec, "exec-merge-folds")
+
+
+def test_the_patient_key_secret_reaches_ingest_alone(tmp_path):
+    spec, k8s = _compile(tmp_path, ClusterConfig(patient_key_secret="radflow-patient-key"))
+    assert k8s["exec-ingest"]["secretAsEnv"] == [{
+        "secretName": "radflow-patient-key",
+        "secretNameParameter": {"runtimeValue": {"constant": "radflow-patient-key"}},
+        "keyToEnv": [{"secretKey": "key", "envVar": "RADFLOW_PATIENT_KEY_SECRET"}]}]
+    for executor in EXECUTORS - {"exec-ingest"}:
+        assert "secretAsEnv" not in k8s.get(executor, {}), executor
+    _, default = _compile(tmp_path)
+    assert "secretAsEnv" not in default["exec-ingest"]
