@@ -49,6 +49,13 @@ def standardize(image: tf.Tensor, size: int) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
 
+def center_crop(image: tf.Tensor) -> tf.Tensor:
+    """The centre square of an (H, W, C) image: the `crop` resize policy, applied before `standardize`."""
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    side = tf.minimum(h, w)
+    return image[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
+
+
 def to_model_input(image: tf.Tensor) -> tf.Tensor:
     """Scales uint8 pixels to float32 in [0, 1]."""
     return tf.cast(image, tf.float32) / 255.0
@@ -61,6 +68,15 @@ def preprocess_pixels(image: tf.Tensor, size: int) -> tf.Tensor:
     return to_model_input(standardize(image, size))
 
 
-def preprocess_encoded(image_bytes: tf.Tensor, size: int, channels: int) -> tf.Tensor:
-    """Encoded image bytes (a scalar tf.string) to the network's input."""
-    return preprocess_pixels(decode_image(image_bytes, channels), size)
+def preprocess_encoded(image_bytes: tf.Tensor, size: int, channels: int, resize_policy: str = "pad") -> tf.Tensor:
+    """Encoded image bytes (a scalar tf.string) to the network's input.
+
+    Args:
+        image_bytes: JPEG/PNG/BMP/GIF bytes.
+        size: the model's input side.
+        channels: the model's input channels.
+        resize_policy: the examples' policy (DatasetMetadata.resize_policy): "pad" keeps the whole
+            image, "crop" takes its centre square first, as ingest did.
+    """
+    image = decode_image(image_bytes, channels)
+    return preprocess_pixels(center_crop(image) if resize_policy == "crop" else image, size)

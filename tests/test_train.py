@@ -29,13 +29,15 @@ def _png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def test_training_and_serving_paths_give_identical_inputs(tmp_path):
+@pytest.mark.parametrize("policy", ["pad", "crop"])
+def test_training_and_serving_paths_give_identical_inputs(tmp_path, policy):
     """One odd-sized image through ingest + the training input pipeline, and through the serving preprocessing."""
     pixels = np.random.default_rng(3).integers(0, 255, (45, 70), np.uint8)
     path = tmp_path / "IM-0001-0001.png"
     path.write_bytes(_png(pixels))
     size = 32
-    decoded = decode_file(SourceFile(str(path), "NORMAL", "train", "IM-0001"), ("NORMAL", "PNEUMONIA"), size, 1)
+    decoded = decode_file(SourceFile(str(path), "NORMAL", "train", "IM-0001"), ("NORMAL", "PNEUMONIA"), size, 1,
+                          resize_policy=policy)
     assert not decoded.reason
     split_dir = tmp_path / "examples" / "train"
     split_dir.mkdir(parents=True)
@@ -44,10 +46,12 @@ def test_training_and_serving_paths_give_identical_inputs(tmp_path):
     metadata = ex.DatasetMetadata(("NORMAL", "PNEUMONIA"), size, 1, {"train": {"NORMAL": 1, "PNEUMONIA": 0}})
     x_train, y = next(iter(make_dataset(str(tmp_path / "examples"), "train", metadata, 1, training=False)))
 
-    x_serve = preprocess_encoded(tf.constant(path.read_bytes()), size, 1)
+    x_serve = preprocess_encoded(tf.constant(path.read_bytes()), size, 1, policy)
     assert x_train.shape == (1, size, size, 1) and float(y[0, 0]) == 0.0
     np.testing.assert_array_equal(x_train[0].numpy(), x_serve.numpy())
     assert 0.0 <= float(tf.reduce_min(x_serve)) and float(tf.reduce_max(x_serve)) <= 1.0
+    # Padding leaves black bars above and below the wide image; cropping leaves none.
+    assert (float(tf.reduce_max(x_serve[0])) == 0.0) == (policy == "pad")
 
 
 def test_cpu_strategy_is_one_device():

@@ -39,7 +39,7 @@ from PIL import Image, UnidentifiedImageError
 from radflow import dicom, fileio
 from radflow import examples as ex
 from radflow.components.ingest.config import IngestConfig
-from radflow.preprocessing import decode_image, standardize
+from radflow.preprocessing import center_crop, decode_image, standardize
 
 log = logging.getLogger(__name__)
 
@@ -363,13 +363,6 @@ def _tf_error(err: tf.errors.OpError) -> str:
     return text.strip()
 
 
-def center_crop(image: tf.Tensor) -> tf.Tensor:
-    """The centre square of an (H, W, C) image: the `crop` resize policy, applied before `standardize`."""
-    h, w = tf.shape(image)[0], tf.shape(image)[1]
-    side = tf.minimum(h, w)
-    return image[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
-
-
 def decode_file(
     source: SourceFile, labels: tuple[str, ...], size: int, channels: int, key: str = "", *,
     resize_policy: str = "pad", min_side: int = 1,
@@ -565,9 +558,6 @@ def ingest(source: str, out_dir: str, config: IngestConfig = IngestConfig()) -> 
         raise FileExistsError(f"{out_dir} already holds a finished ingest; choose a new output directory")
     listing = list_sources(source, config)
     secret, secret_source = resolve_patient_key_secret(config)
-    if config.resize_policy == "crop":
-        log.warning("resize_policy 'crop': the serving signature must centre-crop requests too (metadata.json "
-                    "records the policy), or served images will be padded while training images were cropped")
     expected = _expected_split_sizes(listing.files, config)
     log.info("ingest: %d files (%s layout), labels %s, runner %s", len(listing.files), listing.layout,
              listing.labels, config.runner)

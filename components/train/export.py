@@ -54,7 +54,7 @@ class _ServingModule(tf.Module):
         super().__init__()
         self.model = model
         self.threshold_asset = tf.saved_model.Asset(threshold_file)
-        self._size, self._channels = metadata.image_size, metadata.channels
+        self._size, self._channels, self._policy = metadata.image_size, metadata.channels, metadata.resize_policy
         self._names = list(metadata.label_names)
         self.serve_pixels = tf.function(self._serve_pixels, input_signature=[
             tf.TensorSpec([None, self._size, self._size, self._channels], tf.float32, name=PIXELS_INPUT)])
@@ -73,7 +73,7 @@ class _ServingModule(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
     def serve_encoded(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         images = tf.map_fn(
-            lambda b: preprocess_encoded(b, self._size, self._channels),
+            lambda b: preprocess_encoded(b, self._size, self._channels, self._policy),
             image_bytes,
             fn_output_signature=tf.TensorSpec([self._size, self._size, self._channels], tf.float32),
         )
