@@ -356,8 +356,33 @@ HOT_CENTROID = """(id) => {
 }"""
 
 
-def test_the_overlay_lies_on_the_evidence(good_model_dir, tmp_path, page):
-    """A model that learnt "a bright blob means PNEUMONIA": on the page, the heat sits on the blob.
+def blob_detector(model_dir: str) -> str:
+    """A hand-built model whose only evidence is bright pixels, exported as train exports.
+
+    P(PNEUMONIA) = sigmoid(40 * mean(relu(x - 0.6)) - 0.2) on 16 px inputs: a bright blob (x ~ 0.8)
+    raises the score and the chest-like background (x ~ 0.35) adds nothing, so its Grad-CAM lies
+    exactly on the blob, with no dependence on how a training run happened to go.
+    """
+    from radflow import examples as ex
+    from radflow.components.train.export import export_serving
+
+    inputs = keras.Input((16, 16, 1))
+    x = keras.layers.Conv2D(1, 1, name="conv")(inputs)
+    x = keras.layers.ReLU(name="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="scores")(x)
+    model = keras.Model(inputs, outputs)
+    model.get_layer("conv").set_weights([np.ones((1, 1, 1, 1)), np.array([-0.6])])
+    model.get_layer("scores").set_weights([np.array([[40.0]]), np.array([-0.2])])
+    os.makedirs(model_dir)
+    export_serving(model, ex.DatasetMetadata(("NORMAL", "PNEUMONIA"), image_size=16, channels=1),
+                   os.path.join(model_dir, SAVED_MODEL_DIR))
+    model.save(os.path.join(model_dir, KERAS_MODEL_FILE))
+    return model_dir
+
+
+def test_the_overlay_lies_on_the_evidence(tmp_path, page):
+    """A model whose evidence is a bright blob: on the page, the heat sits on the blob.
 
     The image is not square, so the check also covers the padding the model and the page share.
     """
@@ -367,13 +392,11 @@ def test_the_overlay_lies_on_the_evidence(good_model_dir, tmp_path, page):
 
     base = str(tmp_path / MODEL)
     os.makedirs(base)
-    # The padded test image scores near 0.5 with this small model, and training order is not
-    # reproducible; a low operating threshold keeps the decision (whose class Grad-CAM explains)
-    # on PNEUMONIA, so the test is about where the heat lies, not about a coin-flip score.
-    publish(good_model_dir, base, 1, threshold=0.05)
+    # A low operating threshold keeps the decision (whose class Grad-CAM explains) on PNEUMONIA.
+    publish(blob_detector(str(tmp_path / "blob_model")), base, 1, threshold=0.05)
     server = start_model_server(base)
     rng = np.random.default_rng(0)
-    pixels = rng.normal(90, 20, (12, 16))  # drawn like the training images (16 px), then shown 4x larger
+    pixels = rng.normal(90, 20, (12, 16))  # chest-like noise at the model's 16 px, then shown 4x larger
     pixels[1:6, 9:14] += 110
     # 48 x 64 (rows x cols), padded to 64 x 64 with 8 rows above and below; the blob's centre is (14, 46),
     # (22, 46) once padded.
@@ -391,9 +414,9 @@ def test_the_overlay_lies_on_the_evidence(good_model_dir, tmp_path, page):
     finally:
         server.stop()
     assert hot["size"] == 64
-    # Grad-CAM of a small CNN is coarse (and this one never saw padding), so the check is relative: the
-    # heat is nearer the blob than to where a flipped or transposed overlay would put it.
+    # The heat is on the blob, not where a flipped, transposed or mis-padded overlay would put it.
     distance = {name: np.hypot(hot["row"] - r, hot["col"] - c) for name, (r, c) in {
         "blob": (22, 46), "flipped left-right": (22, 18), "flipped up-down": (42, 46), "transposed": (46, 22),
-        "rotated": (42, 18)}.items()}
+        "rotated": (42, 18), "unpadded": (14, 46)}.items()}
     assert min(distance, key=distance.get) == "blob", (hot, distance)
+    assert distance["blob"] < 4, (hot, distance)  # within half the padding's 8-row offset
