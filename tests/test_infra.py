@@ -1,14 +1,19 @@
 """The image, the kind cluster and the GKE Terraform agree with the package and the pipeline config.
 
-No Docker engine, cluster or terraform binary is needed: the files are parsed and cross-checked
-(Terraform with python-hcl2, as `terraform validate` would need the provider from its registry).
+No Docker engine or cluster is needed: the files are parsed and cross-checked (Terraform with
+python-hcl2, and with `terraform fmt` where the binary is installed; `terraform validate` would
+need the Google provider from HashiCorp's registry).
 """
 
+import os
 import re
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 
 import hcl2
+import pytest
 import yaml
 
 from radflow import __version__
@@ -110,3 +115,13 @@ def test_kind_config_storage_and_serving_fit_together():
     assert f'base_path: "/models/{config.push.model_name}"' in (ROOT / "infra/serving/base/models.config").read_text()
     assert re.search(r"^PIPELINE_VERSION=\$\{PIPELINE_VERSION:-\d+\.\d+\.\d+\}$",
                      (ROOT / "infra/kind/up.sh").read_text(), re.M)
+
+
+@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed")
+def test_terraform_parses_and_is_formatted():
+    """`terraform fmt -check` parses every file (exit 2 on a syntax error) and lists unformatted ones
+    (exit 3); it needs no provider, unlike `terraform validate`."""
+    result = subprocess.run(["terraform", "fmt", "-check", "-recursive", str(ROOT / "infra" / "gke")],
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "TF_CLI_CONFIG_FILE": os.devnull})
+    assert result.returncode == 0, f"terraform fmt -check exited {result.returncode}: {result.stdout}{result.stderr}"
