@@ -93,17 +93,15 @@ def main(argv: list[str] | None = None) -> int:
         paths = write_inputs(src, args.n)
         print(f"wrote {args.n} inputs ({SIDE}x{SIDE}, half JPEG, half PNG) in {time.perf_counter() - t0:.1f} s; "
               f"cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f}")
-        # Ingest first, as `radflow ingest` runs: its workers configure TensorFlow's thread pools
-        # (one thread each), which only the first TensorFlow user in a process can do.
+        raw_decode_seconds(paths[:10])  # warm TensorFlow up
+        decode = raw_decode_seconds(paths)
+        baseline = pil_loop_seconds(paths, os.path.join(tmp, "baseline.tfrecord"), args.size)
         t0 = time.perf_counter()
         result = ingest(src, os.path.join(tmp, "out"), IngestConfig(
             image_size=args.size, patient_key_secret="benchmark", direct_num_workers=args.workers,
             progress_every=10**9))
         ingest_s = time.perf_counter() - t0
         assert result.states.get("ingested") == args.n, result.states
-        raw_decode_seconds(paths[:10])  # warm up
-        decode = raw_decode_seconds(paths)
-        baseline = pil_loop_seconds(paths, os.path.join(tmp, "baseline.tfrecord"), args.size)
 
     n = args.n
     print(f"raw decode (tf.io.decode_image, 1 process): {1000 * decode / n:7.2f} ms/image")
