@@ -97,10 +97,11 @@ def free_port() -> int:
 class Server:
     """`radflow serve` in a subprocess."""
 
-    def __init__(self, base: str, batching_file: str | None):
+    def __init__(self, base: str, batching_file: str | None, intra_op: int = 0, inter_op: int = 0):
         self.grpc_port, self.rest_port = free_port(), free_port()
         cmd = [sys.executable, "-m", "radflow.cli", "serve", "--model_name", "radflow", "--model_base_path", base,
-               "--port", str(self.grpc_port), "--rest_api_port", str(self.rest_port)]
+               "--port", str(self.grpc_port), "--rest_api_port", str(self.rest_port),
+               "--tensorflow_intra_op_parallelism", str(intra_op), "--tensorflow_inter_op_parallelism", str(inter_op)]
         if batching_file:
             cmd += ["--enable_batching", "--batching_parameters_file", batching_file]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -225,8 +226,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds over every configuration (default 3)")
     parser.add_argument("--requests", type=int, default=100, help="requests per one-client run (default 100)")
     parser.add_argument("--per_client", type=int, default=12, help="requests per client with 16 clients (default 12)")
+    parser.add_argument("--intra_op", type=int, default=0,
+                        help="TensorFlow intra-op threads for the server and the floor alike (default 0: TF's)")
+    parser.add_argument("--inter_op", type=int, default=0,
+                        help="TensorFlow inter-op threads for the server and the floor alike (default 0: TF's)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    # The floor runs with the server's thread pools, so the ratio compares like with like.
+    if args.intra_op:
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op)
+    if args.inter_op:
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     with tempfile.TemporaryDirectory() as work:
@@ -238,8 +250,6 @@ def main(argv: list[str] | None = None) -> int:
         with open(batching_file, "w") as f:  # TF Serving's format; 16 clients fill one batch
             f.write("max_batch_size { value: 16 }\nbatch_timeout_micros { value: 2000 }\n"
                     "num_batch_threads { value: 2 }\nmax_enqueued_batches { value: 16 }\n")
-        import tensorflow as tf
-
         serve = tf.saved_model.load(saved_model).signatures["serving_default"]
         for image in images:
             serve(image_bytes=tf.constant([image]))
@@ -248,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         # Both servers run side by side and every configuration is measured once per round, so a
         # change in the load other processes put on the machine spreads over all of them alike.
         load_before = os.getloadavg()[0]
-        with Server(base, None) as plain, Server(base, batching_file) as batched:
+        with (Server(base, None, args.intra_op, args.inter_op) as plain,
+              Server(base, batching_file, args.intra_op, args.inter_op) as batched):
             for round_ in range(args.rounds):
                 log.info("round %d of %d", round_ + 1, args.rounds)
                 lat, wall = measure_floor(serve, images, args.requests)
@@ -263,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = [(*key, summary(*value)) for key, value in runs.items()]
 
     print(f"\ncores: {os.cpu_count()}; 1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
-          f"(other processes share the cores); {len(images)} synthetic chest X-ray JPEGs, one per request")
+          f"(other processes share the cores); {len(images)} synthetic chest X-ray JPEGs, one per request; "
+          f"TensorFlow threads intra-op {args.intra_op or 'auto'}, inter-op {args.inter_op or 'auto'}")
     print(f"{'path':<10}{'clients':>8}{'batching':>10}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}{'p50/floor':>11}")
     print(f"{'in-process':<10}{1:>8}{'-':>10}{floor['p50']:>10.2f}{floor['p99']:>10.2f}{floor['rps']:>10.1f}"
           f"{1.0:>11.2f}")

@@ -49,6 +49,10 @@ class ServerConfig:
     batching: BatchingOptions = BatchingOptions()  # used when enable_batching
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # gRPC message and REST body limit
     max_threads: int = 32  # gRPC worker threads (REST runs one thread per connection)
+    # TensorFlow's thread pools, as tensorflow_model_server's --tensorflow_{intra,inter}_op_parallelism;
+    # 0 lets TensorFlow size them to the cores. Only the first TensorFlow user of a process can set them.
+    intra_op_threads: int = 0  # threads one op may use; 1 is fastest for one-image requests on a CPU
+    inter_op_threads: int = 0  # ops that run at once, across concurrent requests
     ssl_cert_file: str | None = None  # PEM certificate chain; with ssl_key_file, gRPC and REST use TLS
     ssl_key_file: str | None = None  # PEM private key
     request_log: RequestLogConfig | None = None  # None: nothing about requests is stored

@@ -35,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"gRPC message and REST body limit (default {DEFAULT_MAX_MESSAGE_BYTES})")
     parser.add_argument("--ssl_cert_file", help="PEM certificate: serve gRPC and REST over TLS (with --ssl_key_file)")
     parser.add_argument("--ssl_key_file", help="PEM private key for --ssl_cert_file")
+    parser.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
+                        help="threads one TensorFlow op may use; 0 lets TensorFlow choose (default 0). On a "
+                        "CPU serving one image per request, 1 is fastest")
+    parser.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
+                        help="TensorFlow ops run at once, across requests; 0 lets TensorFlow choose (default 0)")
     parser.add_argument("--request_log_dir", help="write a sampled request log (PredictionLog TFRecords) here")
     parser.add_argument("--request_log_sampling_rate", type=float, default=0.01,
                         help="fraction of requests logged (default 0.01)")

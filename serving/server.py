@@ -18,6 +18,7 @@ import time
 from concurrent import futures
 
 import grpc
+import tensorflow as tf
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
@@ -48,6 +49,7 @@ class ModelServer:
 
     def __init__(self, config: ServerConfig, models: list[model_server_config_pb2.ModelConfig]):
         self.config = config
+        _configure_tensorflow_threads(config)
         self._health = health.HealthServicer()
         self._manager = ModelManager(models, config.file_system_poll_wait_seconds,
                                      config.batching if config.enable_batching else None, self._update_health)
@@ -145,6 +147,23 @@ class ModelServer:
         self.stop()
 
 
+def _configure_tensorflow_threads(config: ServerConfig) -> None:
+    """Sizes TensorFlow's thread pools before any model loads; a process whose TensorFlow already
+    runs (a test, a notebook) keeps its pools, with a warning."""
+    wanted = {"intra-op": config.intra_op_threads, "inter-op": config.inter_op_threads}
+    try:
+        if config.intra_op_threads:
+            tf.config.threading.set_intra_op_parallelism_threads(config.intra_op_threads)
+        if config.inter_op_threads:
+            tf.config.threading.set_inter_op_parallelism_threads(config.inter_op_threads)
+    except RuntimeError:
+        log.warning("TensorFlow is already running in this process: its thread pools stay as they are, "
+                    "not %s", wanted)
+    log.info("TensorFlow threads: intra-op %s, inter-op %s (0: as many as TensorFlow chooses)",
+             tf.config.threading.get_intra_op_parallelism_threads(),
+             tf.config.threading.get_inter_op_parallelism_threads())
+
+
 def config_from_args(args: argparse.Namespace) -> tuple[ServerConfig, list[model_server_config_pb2.ModelConfig]]:
     """The server config and model configs that the flags describe.
 
@@ -168,6 +187,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[ServerConfig, list[model
         file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
         enable_batching=args.enable_batching or bool(args.batching_parameters_file), batching=batching,
         max_message_bytes=args.max_message_bytes, ssl_cert_file=args.ssl_cert_file, ssl_key_file=args.ssl_key_file,
+        intra_op_threads=args.tensorflow_intra_op_parallelism, inter_op_threads=args.tensorflow_inter_op_parallelism,
         request_log=request_log)
     return config, models
 

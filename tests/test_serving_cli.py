@@ -55,7 +55,8 @@ def server(model_dir, tmp_path_factory):
         proc = subprocess.Popen(
             [sys.executable, "-m", "radflow.cli", "serve", "--model_name", "radflow",
              "--model_base_path", str(root / "radflow"), "--port", str(grpc_port), "--rest_api_port", str(rest_port),
-             "--enable_batching=true"],
+             "--enable_batching=true", "--tensorflow_intra_op_parallelism", "1",
+             "--tensorflow_inter_op_parallelism", "2"],
             stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 90
@@ -101,3 +102,5 @@ def test_predict_png_and_dicom_over_grpc_and_rest_then_graceful_sigterm(server, 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     assert "stopped" in log_path.read_text()
+    # The thread flags reached TensorFlow before the model loaded.
+    assert "TensorFlow threads: intra-op 1, inter-op 2" in log_path.read_text()
