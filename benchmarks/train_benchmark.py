@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=224, help="model input size")
     parser.add_argument("--batch", type=int, default=32, help="batch size per replica")
     parser.add_argument("--input-batches", type=int, default=30, help="batches timed per input pipeline")
-    parser.add_argument("--train-steps", type=int, default=20, help="steps timed per training measurement")
+    parser.add_argument("--train-steps", type=int, default=60, help="steps timed per training measurement")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     print(f"machine: {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at start, "
