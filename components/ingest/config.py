@@ -37,7 +37,7 @@ class IngestConfig:
     beam_args: tuple[str, ...] = ()  # extra Beam pipeline options, e.g. ("--project=p", "--region=r")
     # DirectRunner mode. Threads, not processes: TensorFlow's decode and resize release the GIL, so
     # threads share the work on all cores without shipping every image between processes
-    # (multi_processing measured 1.5x slower per image on 2 cores; see README, Ingest).
+    # (multi_processing measured 1.5x slower per image on 2 cores; see docs/ingest.md).
     direct_running_mode: str = "multi_threading"
     direct_num_workers: int = 0  # DirectRunner workers (threads or processes); 0 = one per core
     progress_every: int = 500  # each worker logs its progress after every this many files
