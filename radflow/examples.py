@@ -187,6 +187,8 @@ class DatasetMetadata:
         quarantine_reasons: reason -> number of quarantined inputs.
         patient_key_id: a fingerprint of the patient-key secret (never the secret): equal ids mean
             patient keys of two ingests can be joined.
+        verified_records: records ingest read back from the shards and matched one for one with
+            the manifest's ingested rows before it wrote this file.
     """
 
     label_names: tuple[str, ...]
@@ -199,6 +201,7 @@ class DatasetMetadata:
     states: dict[str, int] = field(default_factory=dict)
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     patient_key_id: str = ""
+    verified_records: int = 0
 
     @property
     def num_classes(self) -> int:
@@ -224,6 +227,7 @@ class DatasetMetadata:
             states={k: int(v) for k, v in raw.get("states", {}).items()},
             quarantine_reasons={k: int(v) for k, v in raw.get("quarantine_reasons", {}).items()},
             patient_key_id=raw.get("patient_key_id", ""),
+            verified_records=int(raw.get("verified_records", 0)),
         )
 
 

@@ -36,7 +36,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image, UnidentifiedImageError
 
-from radflow import dicom, fileio
+from radflow import beam_runner, dicom, fileio
 from radflow import examples as ex
 from radflow.components.ingest.config import IngestConfig
 from radflow.preprocessing import center_crop, decode_image, standardize
@@ -50,7 +50,10 @@ MULTI_FRAME, TOO_SMALL, UNKNOWN_CLASS = dicom.MULTI_FRAME, "too small", "unknown
 UNREADABLE = "unreadable"  # listed, but could not be read (vanished, permissions)
 # The manifest names original paths, so it is the run's record, never training data. It holds the
 # keyed patient hash, not the patient id.
-MANIFEST_COLUMNS = ("path", "label", "split", "state", "reason", "patient_key", "sha256")
+# example_sha256 (ingested rows only) is the sha256 of the serialized record: ingest reads every shard
+# back and matches its records with these rows one for one before it writes metadata.json.
+MANIFEST_COLUMNS = ("path", "label", "split", "state", "reason", "patient_key", "sha256", "example_sha256")
+READBACK_FILE = "readback.csv"  # written only when the read-back check fails: every input it affects
 MANIFEST_INPUT_COLUMNS = ("path", "label", "patient_id", "split")  # a CSV source; patient_id and split optional
 KAGGLE, CLASS_PER_FOLDER, MANIFEST = "kaggle", "class_per_folder", "manifest"
 TARGET_SHARD_BYTES = 150 * 2**20  # aim for ~150 MB shards: large enough to stream well, small enough to parallelise
@@ -287,6 +290,7 @@ class _Decoded:
     patient: str = ""
     patient_key: str = ""
     sha256: str = ""
+    example_sha256: str = ""
     split: str = ""
 
 
@@ -432,7 +436,7 @@ def decode_file(
                                     histogram=histogram.numpy())
     example = ex.make_example(standardized.numpy(), labels.index(source.label), source.label, info)
     return _Decoded(source, pixel_hash=pixel_checksum(decoded), example=example, patient=patient,
-                    patient_key=pkey, sha256=sha)
+                    patient_key=pkey, sha256=sha, example_sha256=hashlib.sha256(example).hexdigest())
 
 
 class _DecodeFn(beam.DoFn):
@@ -498,7 +502,8 @@ def _kept_example(d: _Decoded, kept: dict[str, str]):
 def _row(d: _Decoded, state: str, reason: str) -> str:
     buf = io.StringIO()
     csv.writer(buf, lineterminator="").writerow(
-        [d.source.path, d.source.label, d.split, state, reason, d.patient_key, d.sha256])
+        [d.source.path, d.source.label, d.split, state, reason, d.patient_key, d.sha256,
+         d.example_sha256 if state == INGESTED else ""])
     return buf.getvalue()
 
 
@@ -620,8 +625,7 @@ def ingest(source: str, out_dir: str, config: IngestConfig = IngestConfig()) -> 
         )
     )
     started = time.monotonic()
-    run = p.run()
-    run.wait_until_finish()
+    run = beam_runner.run(p)
     _log_counters(run, time.monotonic() - started)
     return _finish(out_dir, source, listing, config, key_id(secret), secret_source)
 
@@ -641,6 +645,81 @@ def read_manifest(examples_dir: str) -> list[dict[str, str]]:
     """The manifest rows, one per input file, sorted by path."""
     with tf.io.gfile.GFile(os.path.join(examples_dir, ex.MANIFEST_FILE)) as f:
         return sorted(csv.DictReader(f), key=lambda r: r["path"])
+
+
+def _named(paths: list[str], limit: int = 10) -> str:
+    shown = ", ".join(paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def check_accounting(files: list[SourceFile], rows: list[dict[str, str]]) -> None:
+    """Every listed input has exactly one manifest row, and every row is a listed input.
+
+    Raises:
+        RuntimeError: naming the inputs without a row, with several rows, or rows of no listed input.
+    """
+    listed = Counter(f.path for f in files)
+    written = Counter(r["path"] for r in rows)
+    missing = sorted(set(listed) - set(written))
+    repeated = sorted(p for p, n in written.items() if n > 1)
+    unknown = sorted(set(written) - set(listed))
+    if missing or repeated or unknown:
+        problems = [f"{len(missing)} inputs have no manifest row ({_named(missing)})" if missing else "",
+                    f"{len(repeated)} inputs have several rows ({_named(repeated)})" if repeated else "",
+                    f"{len(unknown)} rows name no listed input ({_named(unknown)})" if unknown else ""]
+        raise RuntimeError(f"ingest accounted for {len(rows)} rows of {len(files)} input files: "
+                           + "; ".join(p for p in problems if p) + "; no metadata.json was written")
+
+
+def verify_shards(out_dir: str, rows: list[dict[str, str]]) -> int:
+    """Reads every shard back and matches its records with the manifest's ingested rows, one for one.
+
+    The key is the sha256 of each serialized record, so a record that reached disk damaged counts
+    as missing (and its damaged copy as extra). A failure writes READBACK_FILE, one line per
+    affected input.
+
+    Args:
+        out_dir: the ingest output, shards and manifest written.
+        rows: its manifest rows.
+
+    Returns:
+        The number of records verified.
+
+    Raises:
+        RuntimeError: a split's shards lack records of ingested inputs (named) or hold records that
+            no ingested row of that split claims.
+    """
+    by_hash = {r["example_sha256"]: r for r in rows if r["state"] == INGESTED}
+    problems, report, total = [], [], 0
+    for split in ex.SPLITS:
+        expected = Counter(r["example_sha256"] for r in rows if r["state"] == INGESTED and r["split"] == split)
+        files = ex.split_files(out_dir, split)
+        found = Counter(hashlib.sha256(record).hexdigest()
+                        for record in tf.data.TFRecordDataset(files).as_numpy_iterator()) if files else Counter()
+        total += sum(found.values())
+        missing, extra = expected - found, found - expected
+        if missing:
+            paths = sorted(by_hash[h]["path"] for h in missing.elements())
+            problems.append(f"{split}: {sum(missing.values())} of {sum(expected.values())} records of ingested "
+                            f"inputs are missing ({_named(paths)})")
+            report += [(split, "missing", path) for path in paths]
+        if extra:
+            claimed = sorted(f"{by_hash[h]['path']} (manifest: {by_hash[h]['split']})"
+                             for h in extra.elements() if h in by_hash)
+            problems.append(f"{split}: {sum(extra.values())} records match no ingested row of {split}"
+                            + (f" ({_named(claimed)})" if claimed else ""))
+            report += [(split, "extra", c) for c in claimed]
+            report += [(split, "extra", "unclaimed record")] * (sum(extra.values()) - len(claimed))
+    if problems:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(("split", "problem", "input"))
+        writer.writerows(report)
+        fileio.write_text_atomic(os.path.join(out_dir, READBACK_FILE), buf.getvalue())
+        raise RuntimeError("ingest read its shards back and they do not match the manifest: " + "; ".join(problems)
+                           + f". Every affected input is in {os.path.join(out_dir, READBACK_FILE)}; "
+                           "no metadata.json was written")
+    return total
 
 
 def input_fingerprint(rows: list[dict[str, str]], source: str) -> str:
@@ -667,8 +746,8 @@ def _finish(out_dir: str, source: str, listing: Listing, config: IngestConfig, p
             secret_source: str) -> IngestResult:
     """Checks the accounting, then publishes metadata.json: the mark of a complete ingest."""
     rows = read_manifest(out_dir)
-    if len(rows) != len(listing.files):
-        raise RuntimeError(f"ingest accounted for {len(rows)} of {len(listing.files)} input files")
+    check_accounting(listing.files, rows)
+    verified = verify_shards(out_dir, rows)
     states = Counter(r["state"] for r in rows)
     reasons = Counter(r["reason"].split(":")[0] for r in rows if r["state"] == QUARANTINED)
     quarantined = states[QUARANTINED] / len(rows)
@@ -700,8 +779,10 @@ def _finish(out_dir: str, source: str, listing: Listing, config: IngestConfig, p
         states=dict(states),
         quarantine_reasons=dict(reasons),
         patient_key_id=patient_key_id,
+        verified_records=verified,
     )
     ex.write_metadata(out_dir, metadata)
-    log.info("ingest: %s; examples per split %s; patient key from %s (id %s)", dict(states),
-             {s: metadata.split_size(s) for s in ex.SPLITS}, secret_source, patient_key_id)
+    log.info("ingest: %s; examples per split %s, all %d read back and matched with the manifest; patient key "
+             "from %s (id %s)", dict(states), {s: metadata.split_size(s) for s in ex.SPLITS}, verified, secret_source,
+             patient_key_id)
     return IngestResult(out_dir, metadata, dict(states), dict(reasons))

@@ -39,8 +39,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
 from tfx_bsl.public.tfxio import TFExampleRecord
 
+from radflow import beam_runner, fileio
 from radflow import examples as ex
-from radflow import fileio
 from radflow.components.push import layout
 from radflow.components.validate import drift as dr
 from radflow.components.validate import schema as sc
@@ -162,20 +162,20 @@ def _profile(
     options = tfdv.StatsOptions(feature_allowlist=list(PROFILED_FEATURES))
     paths = {s: (os.path.join(scratch_dir, f"{s}.pb"), os.path.join(scratch_dir, f"{s}-patients.json"))
              for s in splits}
-    with _quiet_beam(), beam.Pipeline(
-        options=PipelineOptions([f"--runner={config.runner}", *config.beam_args])
-    ) as pipeline:
-        for split in splits:
-            stats_path, patients_path = paths[split]
-            source = TFExampleRecord(ex.shard_pattern(examples_dir, split), telemetry_descriptors=["radflow"])
-            batches = pipeline | f"Read[{split}]" >> source.BeamSource()
-            _ = (batches
-                 | f"Statistics[{split}]" >> tfdv.GenerateStatistics(options)
-                 | f"WriteStatistics[{split}]" >> tfdv.WriteStatisticsToBinaryFile(stats_path))
-            _ = (batches
-                 | f"Patients[{split}]" >> beam.CombineGlobally(_PatientsPerClass())
-                 | f"Json[{split}]" >> beam.Map(lambda d: json.dumps(d, sort_keys=True))
-                 | f"WritePatients[{split}]" >> beam.io.WriteToText(patients_path, shard_name_template=""))
+    pipeline = beam.Pipeline(options=PipelineOptions([f"--runner={config.runner}", *config.beam_args]))
+    for split in splits:
+        stats_path, patients_path = paths[split]
+        source = TFExampleRecord(ex.shard_pattern(examples_dir, split), telemetry_descriptors=["radflow"])
+        batches = pipeline | f"Read[{split}]" >> source.BeamSource()
+        _ = (batches
+             | f"Statistics[{split}]" >> tfdv.GenerateStatistics(options)
+             | f"WriteStatistics[{split}]" >> tfdv.WriteStatisticsToBinaryFile(stats_path))
+        _ = (batches
+             | f"Patients[{split}]" >> beam.CombineGlobally(_PatientsPerClass())
+             | f"Json[{split}]" >> beam.Map(lambda d: json.dumps(d, sort_keys=True))
+             | f"WritePatients[{split}]" >> beam.io.WriteToText(patients_path, shard_name_template=""))
+    with _quiet_beam():
+        beam_runner.run(pipeline)
     stats = {s: tfdv.load_stats_binary(paths[s][0]) for s in splits}
     patients = {s: json.loads(fileio.read_text(paths[s][1])) for s in splits}
     tf.io.gfile.rmtree(scratch_dir)
