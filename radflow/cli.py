@@ -57,7 +57,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     config = _stage_config(args, "ingest", image_size=args.image_size, channels=args.channels,
                            resize_policy=args.resize_policy, official_splits=args.official_splits,
                            runner=args.runner, beam_args=tuple(shlex.split(args.beam_args or "")) or None,
-                           patient_key_secret_file=args.patient_key_secret_file)
+                           patient_key_secret_file=args.patient_key_secret_file,
+                           patient_id_pattern=args.patient_id_pattern,
+                           allow_image_level_splits=args.allow_image_level_splits or None)
     result = ingest(args.source, args.out, config)
     print(f"{result.total} inputs: {result.states}; quarantine reasons: {result.reasons or 'none'}")
     print(f"examples per split and class: {json.dumps(result.metadata.counts)}")
@@ -389,6 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use of a layout's own splits (default merge_val: keep test, carve val from train+val)")
     p.add_argument("--runner", help="Beam runner: DirectRunner (default), DataflowRunner, FlinkRunner, SparkRunner")
     p.add_argument("--patient-key-secret-file", help="file holding the patient-key secret (never stored with data)")
+    p.add_argument("--patient-id-pattern", metavar="REGEX|PRESET",
+                   help="where the patient is: a regex with one group searched in each path relative to SOURCE, "
+                        "e.g. '(?:^|/)covid_(p\\d+)_', or a preset: kaggle_chest_xray (default), nih_chestxray14, "
+                        "chexpert, mimic_cxr")
+    p.add_argument("--allow-image-level-splits", action="store_true",
+                   help="go on when most files have no patient id (each is then its own patient; recorded as a "
+                        "limitation)")
     p.add_argument("--beam-args", metavar="'--opt=v ...'", help="Beam pipeline options, passed through (use =)")
 
     p = with_config(add("validate", cmd_validate, "TFDV statistics, schema, drift and skew per split",

@@ -189,6 +189,10 @@ class DatasetMetadata:
             patient keys of two ingests can be joined.
         verified_records: records ingest read back from the shards and matched one for one with
             the manifest's ingested rows before it wrote this file.
+        patient_ids: where the ingested images' patient ids came from -> count ("manifest",
+            "pattern", "dicom", and "none": images that are their own patient).
+        image_level_splits: most images had no patient id and the run went on anyway
+            (allow_image_level_splits): the splits may hold one patient's images on both sides.
     """
 
     label_names: tuple[str, ...]
@@ -202,6 +206,8 @@ class DatasetMetadata:
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     patient_key_id: str = ""
     verified_records: int = 0
+    patient_ids: dict[str, int] = field(default_factory=dict)
+    image_level_splits: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -228,6 +234,8 @@ class DatasetMetadata:
             quarantine_reasons={k: int(v) for k, v in raw.get("quarantine_reasons", {}).items()},
             patient_key_id=raw.get("patient_key_id", ""),
             verified_records=int(raw.get("verified_records", 0)),
+            patient_ids={k: int(v) for k, v in raw.get("patient_ids", {}).items()},
+            image_level_splits=bool(raw.get("image_level_splits", False)),
         )
 
 

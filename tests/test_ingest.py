@@ -56,7 +56,7 @@ SECRET = "test-secret-not-for-production"
     ],
 )
 def test_patient_id_from_kaggle_names(name, expected):
-    assert patient_id(f"/data/train/X/{name}") == expected
+    assert patient_id(f"train/X/{name}", IngestConfig().patient_id_regex) == expected
 
 
 def test_split_fraction_is_stable_and_seeded():
@@ -415,7 +415,7 @@ def test_cli_ingest_passes_beam_args_through(tmp_path, capsys):
             _write(f"{tmp_path}/src/{c}/{c}{i}.png", _png(_image(rng, 40, 40)))
     out = tmp_path / "out"
     assert main(["ingest", str(tmp_path / "src"), str(out), "--image-size", "16", "--resize-policy", "crop",
-                 "--channels", "3", f"--beam-args={' '.join(FAST)}"]) == 0
+                 "--channels", "3", f"--beam-args={' '.join(FAST)}", "--patient-id-pattern", r"/(\w+)\.png$"]) == 0
     assert "6 inputs" in capsys.readouterr().out
     metadata = ex.read_metadata(str(out))
     assert (metadata.resize_policy, metadata.channels, metadata.image_size) == ("crop", 3, 16)
@@ -434,7 +434,8 @@ def test_ingest_refuses_too_many_bad_files_and_publishes_no_metadata(tmp_path):
         _write(f"{src}/A/a{i}.png", _png(_image(rng, 8, 8)))
         _write(f"{src}/B/b{i}.png", b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(RuntimeError, match="4 of 8 inputs .* quarantined"):
-        ingest(str(src), out, IngestConfig(image_size=8, min_side=8, max_quarantined_fraction=0.2, beam_args=FAST))
+        ingest(str(src), out, IngestConfig(image_size=8, min_side=8, max_quarantined_fraction=0.2, beam_args=FAST,
+                                           patient_id_pattern=r"/(\w+)\.png$"))
     assert not os.path.exists(os.path.join(out, ex.METADATA_FILE))
     with pytest.raises(FileNotFoundError, match="not a complete examples directory"):
         ex.read_metadata(out)

@@ -59,7 +59,8 @@ def test_ingest_from_a_bucket_prefix_with_three_classes(gcs, tmp_path):
 
     out = str(tmp_path / "out")
     result = ingest(f"gs://{BUCKET}/cxr", out, IngestConfig(image_size=16, min_side=16, max_quarantined_fraction=0.2,
-                                                           patient_key_secret="k"))
+                                                           patient_key_secret="k",
+                                                           patient_id_pattern=r"/(\w+)\.png$"))
     assert result.metadata.label_names == ("COVID19", "NORMAL", "PNEUMONIA")
     assert result.metadata.layout == CLASS_PER_FOLDER
     assert result.states == {INGESTED: 12, QUARANTINED: 1}

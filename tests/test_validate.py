@@ -285,6 +285,15 @@ def test_empty_split_is_an_anomaly(broken):
     assert v.read_result(result.out_dir) == result
 
 
+def test_a_split_without_a_class_is_an_anomaly_naming_split_and_class(tmp_path):
+    splits = {"train": mixed(40, 0.5, 1), "val": mixed(10, 0.0, 2), "test": mixed(20, 0.5, 3)}  # val: no NORMAL
+    examples = write_examples(tmp_path / "examples", splits, patients=2)
+    with pytest.raises(v.DataValidationError) as raised:
+        v.validate(examples, str(tmp_path / "validation"), ValidateConfig(schema_name=""))
+    [line] = findings(str(raised.value).splitlines(), "split 'val' has no 'NORMAL' examples")
+    assert "threshold" in line and not findings(str(raised.value).splitlines(), "split 'test' has no")
+
+
 def test_inferred_schema_carries_label_domain_ranges_and_presence(broken):
     _, result = broken
     assert "inferred from train" in open(os.path.join(result.out_dir, v.REPORT_FILE)).read()

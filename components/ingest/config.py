@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 RESIZE_POLICIES = ("pad", "crop")
+# Where common public sets keep the patient, as regexes with one group searched in a file's path
+# relative to the source. `patient_id_pattern` may name one instead of writing it out.
+PATIENT_ID_PRESETS = {
+    # Kaggle chest-xray-pneumonia: person12_bacteria_3.jpeg, person1_virus_6.jpeg (person12, person1),
+    # IM-0115-0001.jpeg (IM-0115), NORMAL2-IM-0200-0001.jpeg (NORMAL2-IM-0200)
+    "kaggle_chest_xray": r"(?i)(?:^|/)(person\d+(?=_(?:bacteria|virus)_\d+\.)|(?:NORMAL2-)?IM-\d+(?=-\d+\.))[^/]*$",
+    # NIH ChestX-ray14: 00000001_000.png is follow-up 000 of patient 00000001
+    "nih_chestxray14": r"(?:^|/)(\d{8})_\d{3}\.png$",
+    # CheXpert: train/patient00001/study1/view1_frontal.jpg
+    "chexpert": r"(?:^|/)(patient\d+)/study\d+/",
+    # MIMIC-CXR-JPG: files/p10/p10000032/s50414267/<dicom_id>.jpg
+    "mimic_cxr": r"(?:^|/)p\d\d/(p\d{8})/s\d{8}/",
+}
+# Split folder names a layout may use, case-insensitively (Kaggle's brain-tumour MRI set: Training/Testing).
+SPLIT_FOLDER_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                      "test": "test", "testing": "test"}
 # How the splits of a layout that has its own (Kaggle train|val|test folders, a manifest's split column) are used.
 OFFICIAL_SPLIT_MODES = ("merge_val", "keep", "resplit")
 
@@ -23,6 +40,14 @@ class IngestConfig:
     seed: int = 0  # split salt: a patient's split depends only on its id and this seed
     latest_deliveries: int = 0  # source of dated delivery folders (2026-11-01/...): read the newest N; 0 = all
     labels: tuple[str, ...] = ()  # class names in label order; empty = sorted class folder (or manifest) names
+    # Where the patient is: a regex with one group, searched in each file's path relative to the source
+    # (e.g. "(?:^|/)covid_(p\d+)_"), or a name from PATIENT_ID_PRESETS. A CSV manifest's patient_id column
+    # comes first; a DICOM PatientID is used where the pattern finds nothing.
+    patient_id_pattern: str = "kaggle_chest_xray"
+    # Without a patient id an image is its own patient, so one patient's images can land in several
+    # splits. Ingest therefore stops before any work when more than half the inputs have none; True
+    # goes on with image-level splits, recorded in metadata.json, the model card and the blessing.
+    allow_image_level_splits: bool = False
     max_quarantined_fraction: float = 0.1  # fail the run when more inputs than this are quarantined
     max_class_share_gap: float = 0.05  # warn when a split's class share is further than this from the whole set's
     # The patient-key secret (HMAC key of patient ids) is looked up at run time, first match wins: the file
@@ -47,9 +72,27 @@ class IngestConfig:
             raise ValueError(f"resize_policy must be one of {RESIZE_POLICIES}, got {self.resize_policy!r}")
         if self.official_splits not in OFFICIAL_SPLIT_MODES:
             raise ValueError(f"official_splits must be one of {OFFICIAL_SPLIT_MODES}, got {self.official_splits!r}")
+        pattern = PATIENT_ID_PRESETS.get(self.patient_id_pattern, self.patient_id_pattern)
+        try:
+            groups = re.compile(pattern).groups if pattern else 1
+        except re.error as err:
+            raise ValueError(f"patient_id_pattern {self.patient_id_pattern!r} is not a regex: {err}") from err
+        if groups != 1:
+            raise ValueError(f"patient_id_pattern {self.patient_id_pattern!r} has {groups} groups; it needs exactly "
+                             f"one, the patient id (or name a preset: {', '.join(PATIENT_ID_PRESETS)})")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1 or \
                 self.val_fraction + self.test_fraction >= 1:
             raise ValueError(f"val_fraction {self.val_fraction} and test_fraction {self.test_fraction} must be in "
                              "[0, 1) and leave some patients for train")
+        bad = [name for name in self.labels if name.lower() in SPLIT_FOLDER_NAMES]
+        if bad:
+            raise ValueError(f"labels {bad} are split names ({', '.join(sorted(SPLIT_FOLDER_NAMES))}); a class "
+                             "cannot be called like a split")
+
+    @property
+    def patient_id_regex(self) -> re.Pattern | None:
+        """The compiled patient pattern (a preset resolved); None when no pattern is configured."""
+        pattern = PATIENT_ID_PRESETS.get(self.patient_id_pattern, self.patient_id_pattern)
+        return re.compile(pattern) if pattern else None

@@ -38,7 +38,7 @@ from PIL import Image, UnidentifiedImageError
 
 from radflow import beam_runner, dicom, fileio
 from radflow import examples as ex
-from radflow.components.ingest.config import IngestConfig
+from radflow.components.ingest.config import PATIENT_ID_PRESETS, SPLIT_FOLDER_NAMES, IngestConfig
 from radflow.preprocessing import center_crop, decode_image, standardize
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,10 @@ UNREADABLE = "unreadable"  # listed, but could not be read (vanished, permission
 # keyed patient hash, not the patient id.
 # example_sha256 (ingested rows only) is the sha256 of the serialized record: ingest reads every shard
 # back and matches its records with these rows one for one before it writes metadata.json.
-MANIFEST_COLUMNS = ("path", "label", "split", "state", "reason", "patient_key", "sha256", "example_sha256")
+# patient_id_from says where the patient id came from: manifest, pattern, dicom or none (then the file is
+# its own patient).
+MANIFEST_COLUMNS = ("path", "label", "split", "state", "reason", "patient_key", "patient_id_from", "sha256",
+                    "example_sha256")
 READBACK_FILE = "readback.csv"  # written only when the read-back check fails: every input it affects
 MANIFEST_INPUT_COLUMNS = ("path", "label", "patient_id", "split")  # a CSV source; patient_id and split optional
 KAGGLE, CLASS_PER_FOLDER, MANIFEST = "kaggle", "class_per_folder", "manifest"
@@ -62,12 +65,11 @@ EXAMPLE_OVERHEAD_BYTES = 600  # per-example bytes besides the pixels: scalar fea
 # A dated delivery folder: 2026-11-01, 20261101 or dt=2026-11-01.
 _DELIVERY = re.compile(r"^(?:dt=)?\d{4}-?\d{2}-?\d{2}$")
 
-# Kaggle chest-xray-pneumonia file names carry the patient: person1_bacteria_1.jpeg,
-# person1_virus_6.jpeg, IM-0115-0001.jpeg, NORMAL2-IM-0200-0001.jpeg.
-_PATIENT_PATTERNS = (
-    re.compile(r"^(person\d+)_(?:bacteria|virus)_\d+$", re.IGNORECASE),
-    re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+$", re.IGNORECASE),
-)
+# Where a patient id came from, recorded per input in the manifest (patient_id_from).
+FROM_MANIFEST, FROM_PATTERN, FROM_DICOM, FROM_NONE = "manifest", "pattern", "dicom", "none"
+MAX_WITHOUT_PATIENT_ID = 0.5  # share of inputs without a patient id above which ingest refuses to split
+# Extensions of files that may be DICOM, whose PatientID is only known once the file is read.
+_DICOM_SUFFIXES = (".dcm", ".dicom", ".dic", "")
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,10 @@ class SourceFile:
         path: where to read it (local path or URI).
         label: class name from the layout or manifest ("" when the layout gives none).
         split: the source's own split (Kaggle folder, manifest column), "" when it has none.
-        patient_id: from the manifest or the file name; "" = DICOM PatientID, else the file is its own group.
+        patient_id: from the manifest or the patient pattern; "" = DICOM PatientID, else the file is its
+            own group.
         rel_path: path relative to the source root: names the file's own group, stable if the root moves.
+        patient_from: where `patient_id` came from: FROM_MANIFEST, FROM_PATTERN, or "" for none yet.
     """
 
     path: str
@@ -87,6 +91,7 @@ class SourceFile:
     split: str = ""
     patient_id: str = ""
     rel_path: str = ""
+    patient_from: str = ""
 
 
 @dataclass(frozen=True)
@@ -108,14 +113,10 @@ class IngestResult:
         return sum(self.states.values())
 
 
-def patient_id(path: str) -> str:
-    """The patient a file belongs to, parsed from a Kaggle-style name; "" when the name carries none."""
-    stem = os.path.splitext(os.path.basename(path))[0]
-    for pattern in _PATIENT_PATTERNS:
-        match = pattern.match(stem)
-        if match:
-            return match.group(1)
-    return ""
+def patient_id(rel_path: str, pattern: re.Pattern | None) -> str:
+    """The patient a file belongs to, as `pattern`'s group in its path relative to the source; "" for none."""
+    match = pattern.search(rel_path) if pattern else None
+    return (match.group(1) or "") if match else ""
 
 
 def split_fraction(patient: str, seed: int) -> float:
@@ -181,7 +182,7 @@ def _read_bytes(path: str) -> bytes:
         return f.read()
 
 
-def _list_manifest(source: str) -> list[SourceFile]:
+def _list_manifest(source: str, pattern: re.Pattern | None) -> list[SourceFile]:
     """Reads a CSV manifest; relative paths are relative to the manifest's folder."""
     try:
         text = _read_bytes(source).decode("utf-8-sig")
@@ -195,13 +196,20 @@ def _list_manifest(source: str) -> list[SourceFile]:
     root = source.rsplit("/", 1)[0] if "/" in source else "."
     files = []
     for line, row in enumerate(reader, start=2):
-        split = (row.get("split") or "").strip().lower()
+        given_split = (row.get("split") or "").strip().lower()
+        split = SPLIT_FOLDER_NAMES.get(given_split, given_split)
         if split not in ("", *ex.SPLITS):
-            raise ValueError(f"ingest manifest {source!r} line {line}: split {split!r} is not one of {ex.SPLITS}")
+            raise ValueError(f"ingest manifest {source!r} line {line}: split {given_split!r} is not one of "
+                             f"{sorted(SPLIT_FOLDER_NAMES)}")
         rel = row["path"].strip()
         path = rel if fileio.is_remote(rel) or os.path.isabs(rel) else f"{root}/{rel}"
-        files.append(SourceFile(path, row["label"].strip(), split,
-                                (row.get("patient_id") or "").strip() or patient_id(rel), rel))
+        label = row["label"].strip()
+        if label.lower() in SPLIT_FOLDER_NAMES:
+            raise ValueError(f"ingest manifest {source!r} line {line}: label {label!r} is a split name; "
+                             "splits go in the split column")
+        given, found = (row.get("patient_id") or "").strip(), patient_id(rel, pattern)
+        files.append(SourceFile(path, label, split, given or found, rel,
+                                FROM_MANIFEST if given else FROM_PATTERN if found else ""))
     return files
 
 
@@ -247,8 +255,9 @@ def list_sources(source: str, config: IngestConfig) -> Listing:
         PermissionError: `source` (or a folder under it) is not readable.
         ValueError: a manifest lacks the path or label column or names an unknown split.
     """
+    pattern = config.patient_id_regex
     if source.lower().endswith(".csv"):
-        files, layout = _list_manifest(source), MANIFEST
+        files, layout = _list_manifest(source, pattern), MANIFEST
     else:
         paths = _list_remote(source) if fileio.is_remote(source) else _list_local(source)
         if not paths:
@@ -256,23 +265,94 @@ def list_sources(source: str, config: IngestConfig) -> Listing:
         prefix = source.rstrip("/") + "/"
         rels = [p[len(prefix):] if p.startswith(prefix) else os.path.basename(p) for p in paths]
         paths, rels, within = select_deliveries(paths, rels, config.latest_deliveries)
-        tops = {r.split("/")[0].lower() for r in within if "/" in r}
-        layout = KAGGLE if tops and tops <= set(ex.SPLITS) else CLASS_PER_FOLDER
+        layout = _layout(source, within)
         files = []
         for path, rel, inner in zip(paths, rels, within, strict=True):
             parts = inner.split("/")
             if layout == KAGGLE:  # train/<class>/file; a file directly under train/ has no class
-                split = parts[0].lower() if len(parts) >= 2 else ""
+                split = SPLIT_FOLDER_NAMES[parts[0].lower()] if len(parts) >= 2 else ""
                 label = parts[1] if len(parts) >= 3 else ""
+                if label.lower() in SPLIT_FOLDER_NAMES:
+                    raise ValueError(f"ingest source {source!r}: {parts[0]}/{label}/ is a split folder inside a "
+                                     "split folder; a class cannot be called like a split")
             else:  # <class>/file; a file at the root has no class
                 split, label = "", (parts[0] if len(parts) >= 2 else "")
-            files.append(SourceFile(path, label, split, patient_id(rel), rel))
+            found = patient_id(rel, pattern)
+            files.append(SourceFile(path, label, split, found, rel, FROM_PATTERN if found else ""))
     if not files:
         raise FileNotFoundError(f"ingest source {source!r} lists no files")
     labels = tuple(config.labels) or tuple(sorted({f.label for f in files if f.label}))
-    if not labels:
-        raise FileNotFoundError(f"ingest source {source!r} has no class folders (or labels) to learn from")
+    present = Counter(f.label for f in files if f.label in labels)
+    if len(present) < 2:
+        found = ", ".join(f"{name}: {n} files" for name, n in sorted(present.items())) or "no labelled files"
+        raise ValueError(f"ingest source {source!r} holds {len(present)} class ({found}) of labels {list(labels)}: "
+                         "a classifier needs files of at least two classes, in one folder per class "
+                         "(<class>/..., or train|val|test/<class>/...) or a CSV manifest's label column")
     return Listing(sorted(files, key=lambda f: f.path), labels, layout)
+
+
+def _layout(source: str, within: list[str]) -> str:
+    """KAGGLE when every top folder is a split folder (train/Training/val/valid/test/Testing, any case),
+    CLASS_PER_FOLDER when none is; a mix is refused, since a folder cannot be both a split and a class."""
+    tops = {r.split("/")[0] for r in within if "/" in r}
+    splits = sorted(t for t in tops if t.lower() in SPLIT_FOLDER_NAMES)
+    if splits and len(splits) < len(tops):
+        others = sorted(tops - set(splits))
+        raise ValueError(f"ingest source {source!r}: top folders {splits} are split names but {others} are not; "
+                         "use split folders (train|val|test/<class>/...) or class folders (<class>/...), not both, "
+                         "or a CSV manifest")
+    return KAGGLE if splits else CLASS_PER_FOLDER
+
+
+def _may_be_dicom(path: str) -> bool:
+    """Whether a file could hold a DICOM PatientID: a DICOM extension, or none and the DICM magic."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in _DICOM_SUFFIXES:
+        return False
+    if suffix:
+        return True
+    try:
+        with FileSystems.open(path, mime_type="application/octet-stream", compression_type="uncompressed") as f:
+            return dicom.is_dicom(f.read(132))
+    except Exception:  # noqa: BLE001 - an unreadable file is quarantined later, with its reason
+        return False
+
+
+def check_patient_ids(listing: Listing, config: IngestConfig) -> int:
+    """Refuses, before any work, a source where most inputs have no patient id, or warns of a few.
+
+    Args:
+        listing: the inputs, with the patient ids the manifest or the pattern gave them.
+        config: `patient_id_pattern` and `allow_image_level_splits`.
+
+    Returns:
+        How many inputs have no patient id (DICOM files are counted once read, by `_finish`).
+
+    Raises:
+        ValueError: more than MAX_WITHOUT_PATIENT_ID of the inputs have none and image-level splits
+            are not allowed; the message says the three ways to give patient ids.
+    """
+    without = [f for f in listing.files if not f.patient_id and not _may_be_dicom(f.path)]
+    share = len(without) / len(listing.files)
+    if share > MAX_WITHOUT_PATIENT_ID and not config.allow_image_level_splits:
+        raise ValueError(_no_patient_ids_message(len(without), len(listing.files), config,
+                                                 [f.rel_path or f.path for f in without[:3]]))
+    if without:
+        log.warning("ingest: %d of %d inputs have no patient id; each is its own patient, so one patient's images "
+                    "among them can land in more than one split%s", len(without), len(listing.files),
+                    " (allow_image_level_splits is on)" if share > MAX_WITHOUT_PATIENT_ID else "")
+    return len(without)
+
+
+def _no_patient_ids_message(n: int, total: int, config: IngestConfig, examples: list[str]) -> str:
+    pattern = config.patient_id_pattern or "none"
+    return (f"{n} of {total} inputs ({n / total:.0%}) have no patient id (patient_id_pattern: {pattern}; e.g. "
+            f"{', '.join(examples)}), so a patient's images could land in more than one split. Give patient ids "
+            "one of three ways: (1) --patient-id-pattern REGEX, one group searched in the path relative to the "
+            "source, e.g. '(?:^|/)covid_(p\\d+)_', or a preset: " + ", ".join(PATIENT_ID_PRESETS) + "; (2) a CSV "
+            "manifest with a patient_id column (path,label,patient_id[,split]); (3) DICOM files with PatientID. "
+            "Or set ingest.allow_image_level_splits: true to split image by image, recorded as a limitation of "
+            "the model")
 
 
 @dataclass(frozen=True)
@@ -289,6 +369,7 @@ class _Decoded:
     example: bytes = b""
     patient: str = ""
     patient_key: str = ""
+    patient_from: str = ""
     sha256: str = ""
     example_sha256: str = ""
     split: str = ""
@@ -402,14 +483,15 @@ def decode_file(
     if not data:
         return quarantine(f"{TRUNCATED}: empty file", sha256=sha)
     fmt = _source_format(data)
-    patient, header, bit_depth = source.patient_id, {}, 8
+    patient, patient_from, header, bit_depth = source.patient_id, source.patient_from, {}, 8
     if fmt == "DICOM":
         try:
             rendered = dicom.decode(data)
         except dicom.DicomError as err:
             return quarantine(str(err), sha256=sha)
         data = dicom.encode_png(rendered.pixels)
-        patient = patient or rendered.patient_id
+        if not patient and rendered.patient_id:
+            patient, patient_from = rendered.patient_id, FROM_DICOM
         header = {k: v for k, v in rendered.header.items() if k in ex.HEADER_FEATURES}
         bit_depth = rendered.bits_stored
     elif fmt == "PNG":
@@ -430,13 +512,15 @@ def decode_file(
     if min(decoded.shape[:2]) < min_side:
         return quarantine(f"{TOO_SMALL}: {decoded.shape[1]}x{decoded.shape[0]} px, minimum side {min_side}",
                           sha256=sha)
-    patient = patient or f"file:{source.rel_path or source.path}"
+    if not patient:
+        patient, patient_from = f"file:{source.rel_path or source.path}", FROM_NONE
     pkey = patient_key(patient, key)
     info = ex.ImageFeatures.measure(decoded, fmt, bit_depth=bit_depth, patient_key=pkey, header=header,
                                     histogram=histogram.numpy())
     example = ex.make_example(standardized.numpy(), labels.index(source.label), source.label, info)
     return _Decoded(source, pixel_hash=pixel_checksum(decoded), example=example, patient=patient,
-                    patient_key=pkey, sha256=sha, example_sha256=hashlib.sha256(example).hexdigest())
+                    patient_key=pkey, patient_from=patient_from, sha256=sha,
+                    example_sha256=hashlib.sha256(example).hexdigest())
 
 
 class _DecodeFn(beam.DoFn):
@@ -502,8 +586,8 @@ def _kept_example(d: _Decoded, kept: dict[str, str]):
 def _row(d: _Decoded, state: str, reason: str) -> str:
     buf = io.StringIO()
     csv.writer(buf, lineterminator="").writerow(
-        [d.source.path, d.source.label, d.split, state, reason, d.patient_key, d.sha256,
-         d.example_sha256 if state == INGESTED else ""])
+        [d.source.path, d.source.label, d.split, state, reason, d.patient_key,
+         d.patient_from or d.source.patient_from, d.sha256, d.example_sha256 if state == INGESTED else ""])
     return buf.getvalue()
 
 
@@ -573,6 +657,7 @@ def ingest(source: str, out_dir: str, config: IngestConfig = IngestConfig()) -> 
     if tf.io.gfile.exists(os.path.join(out_dir, ex.METADATA_FILE)):
         raise FileExistsError(f"{out_dir} already holds a finished ingest; choose a new output directory")
     listing = list_sources(source, config)
+    check_patient_ids(listing, config)
     secret, secret_source = resolve_patient_key_secret(config)
     expected = _expected_split_sizes(listing.files, config)
     log.info("ingest: %d files (%s layout), labels %s, runner %s", len(listing.files), listing.layout,
@@ -766,6 +851,19 @@ def _finish(out_dir: str, source: str, listing: Listing, config: IngestConfig, p
     for r in rows:
         if r["state"] == INGESTED:
             counts[r["split"]][r["label"]] += 1
+    ingested = [r for r in rows if r["state"] == INGESTED]
+    patient_ids = dict(Counter(r["patient_id_from"] for r in ingested))
+    without = patient_ids.get(FROM_NONE, 0)
+    image_level = without > MAX_WITHOUT_PATIENT_ID * len(ingested)
+    if image_level and not config.allow_image_level_splits:  # DICOM files without PatientID, found once read
+        examples = [r["path"] for r in ingested if r["patient_id_from"] == FROM_NONE][:3]
+        raise RuntimeError(_no_patient_ids_message(without, len(ingested), config, examples)
+                           + "; no metadata.json was written")
+    for split, per_class in counts.items():
+        absent = [name for name, n in per_class.items() if n == 0]
+        if sum(per_class.values()) and absent:
+            log.warning("ingest: split %s has no %s examples (classes present: %s)", split, ", ".join(absent),
+                        {k: v for k, v in per_class.items() if v})
     for split, gap in class_share_gaps(counts).items():
         if gap > config.max_class_share_gap:
             log.warning("split %s: a class share differs from the whole set's by %.1f points (> %.1f): "
@@ -780,6 +878,8 @@ def _finish(out_dir: str, source: str, listing: Listing, config: IngestConfig, p
         quarantine_reasons=dict(reasons),
         patient_key_id=patient_key_id,
         verified_records=verified,
+        patient_ids=patient_ids,
+        image_level_splits=image_level,
     )
     ex.write_metadata(out_dir, metadata)
     log.info("ingest: %s; examples per split %s, all %d read back and matched with the manifest; patient key "

@@ -68,6 +68,13 @@ _SPLIT_NEEDS = {
     "test": "evaluation needs a test split to gate the model before it is pushed",
 }
 
+# Why each split needs every class, for the anomaly line.
+_CLASS_NEEDS = {
+    "train": "the model cannot learn a class it never sees",
+    "val": "early stopping and the operating threshold are chosen without that class",
+    "test": "the model cannot be evaluated, or gated, on that class",
+}
+
 
 @dataclass(frozen=True)
 class Comparison:
@@ -391,6 +398,10 @@ def validate(
                              f"{metadata.split_size(split)}")
         path = os.path.join(out_dir, STATISTICS_DIR, f"{split}.pb")
         fileio.write_bytes_atomic(path, stats[split].SerializeToString())
+        for label in metadata.label_names:
+            if found and not patients[split].get(label):
+                anomalies.append(f"split {split!r} has no {label!r} examples ({found} examples of "
+                                 f"{sorted(patients[split])}): {_CLASS_NEEDS[split]}")
 
     schema, schema_source = _load_schema(config, stats.get("train") if num_examples.get("train") else None, metadata)
     if schema is not None:
