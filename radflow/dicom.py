@@ -150,6 +150,28 @@ def _voi(values: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
     return (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values, dtype=np.float64)
 
 
+# The Pixel Data tag (7FE0,0010) as it is written in little-endian transfer syntaxes.
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
+
+
+def _without_pixels(data: bytes, ds: pydicom.Dataset) -> DicomError:
+    """Why a parsed file has no pixel data: cut short (TRUNCATED), or a DICOM object that is no image.
+
+    pydicom returns what it could read of a file cut inside an element of undefined length (the
+    encapsulated pixel data of JPEG 2000, JPEG and RLE files), which may be nothing at all.
+    """
+    sop_class = getattr(ds.get("SOPClassUID"), "name", "")
+    if _PIXEL_DATA_TAG in data[132:]:
+        return DicomError(TRUNCATED, "pixel data cut short")
+    if "Rows" in ds:  # the image attributes are there: the file was cut before its pixels
+        return DicomError(TRUNCATED, "image attributes but no pixel data")
+    if "Image Storage" in sop_class:
+        return DicomError(TRUNCATED, f"a {sop_class} object cut before its pixel data")
+    if len(ds) == 0:
+        return DicomError(TRUNCATED, "header: nothing after the file meta information")
+    return DicomError(NOT_AN_IMAGE, "no pixel data")
+
+
 def decode(data: bytes, bit_depth: int = 8) -> DicomImage:
     """Renders DICOM bytes as display pixels by the module's rules.
 
@@ -167,9 +189,7 @@ def decode(data: bytes, bit_depth: int = 8) -> DicomImage:
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
     ds = read_dataset(data)
     if "PixelData" not in ds:
-        if "Rows" in ds:  # the image attributes are there: the file was cut before its pixels
-            raise DicomError(TRUNCATED, "image attributes but no pixel data")
-        raise DicomError(NOT_AN_IMAGE, "no pixel data")
+        raise _without_pixels(data, ds)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         raise DicomError(MULTI_FRAME, f"{frames} frames")

@@ -2,7 +2,7 @@
 
 Three steps, each one function, so that every path composes the same pieces:
 
-    decode_image(bytes)        -> uint8 (H, W, C)          serving, and ingest of JPEG/PNG
+    decode_image(bytes)        -> uint8 (H, W, C)          serving, and ingest of JPEG/PNG (CMYK, 16-bit)
     standardize(uint8, size)   -> uint8 (size, size, C)    pad to square, resize, round
     to_model_input(uint8)      -> float32 in [0, 1]        what the network sees
 
@@ -16,9 +16,95 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Sample depths a 16-bit PNG's values are read at when it has no sBIT chunk: the smallest that holds
+# its largest value (scanners and DICOM exports write 10-, 12- and 14-bit values in 16-bit PNGs).
+PNG_VALUE_DEPTHS = (8, 10, 12, 14, 16)
+
+
+def _uint(data: tf.Tensor, offset: tf.Tensor, length: int) -> tf.Tensor:
+    """The big-endian unsigned integer of `length` bytes at `offset` of a scalar string, as int64."""
+    raw = tf.cast(tf.io.decode_raw(tf.strings.substr(data, offset, length), tf.uint8), tf.int64)
+    return tf.reduce_sum(raw * tf.bitwise.left_shift(tf.constant(1, tf.int64), 8 * tf.range(length - 1, -1, -1,
+                                                                                          dtype=tf.int64)))
+
+
+def png_significant_bits(image_bytes: tf.Tensor) -> tf.Tensor:
+    """The first value of a PNG's sBIT chunk (significant bits of grey, or of red), 0 when it has none.
+
+    Walks the chunks up to the first IDAT (sBIT must come before it), so bytes that happen to
+    read "sBIT" inside other chunks are never taken for it. TensorFlow ops only: it runs inside
+    the serving signature.
+    """
+    size = tf.cast(tf.strings.length(image_bytes), tf.int64)
+
+    def more(offset, bits):
+        kind = tf.strings.substr(image_bytes, tf.minimum(offset + 4, size), 4)  # substr past the end raises
+        return tf.logical_and(tf.logical_and(offset + 12 <= size, bits == 0),
+                              tf.logical_and(kind != "IDAT", kind != "IEND"))
+
+    def step(offset, bits):
+        found = tf.strings.substr(image_bytes, offset + 4, 4) == "sBIT"
+        value = tf.cond(found, lambda: tf.cast(_uint(image_bytes, offset + 8, 1), tf.int32), lambda: 0)
+        return offset + 12 + _uint(image_bytes, offset, 4), value
+
+    _, bits = tf.while_loop(more, step, (tf.constant(8, tf.int64), tf.constant(0)), maximum_iterations=64)
+    return bits
+
+
+def _decode_wide_png(image_bytes: tf.Tensor, channels: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """A 16-bit PNG to uint8 at its real sample depth: sBIT's, else the smallest of PNG_VALUE_DEPTHS
+    that holds its values. A writer that followed the PNG spec scaled its values up to 16 bits;
+    one that did not left 12-bit values in the low bits, which read as 16-bit come out near black."""
+    image = tf.io.decode_png(image_bytes, channels=channels, dtype=tf.uint16)
+    peak = tf.cast(tf.reduce_max(image), tf.int32)
+    by_range = tf.constant(PNG_VALUE_DEPTHS[0]) + 2 * tf.reduce_sum(
+        tf.cast(peak >= tf.constant([2**d for d in PNG_VALUE_DEPTHS[:-1]]), tf.int32))
+    sbit = png_significant_bits(image_bytes)
+    # sBIT = b with values below 2**b: b-bit values as they are; with larger values: scaled to 16 bits.
+    bits = tf.where(sbit > 0, tf.where(peak < tf.bitwise.left_shift(1, sbit), sbit, 16), by_range)
+    top = tf.cast(tf.bitwise.left_shift(1, bits) - 1, tf.float32)
+    scaled = tf.round(tf.cast(image, tf.float32) * (255.0 / top))
+    return tf.cast(tf.clip_by_value(scaled, 0.0, 255.0), tf.uint8), bits
+
+
+def decode_image_and_depth(image_bytes: tf.Tensor, channels: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Decodes JPEG (CMYK too), PNG (8- or 16-bit at its real depth), BMP or GIF bytes to uint8.
+
+    Args:
+        image_bytes: a scalar tf.string.
+        channels: 1 for grayscale (colour inputs are converted), 3 for RGB.
+
+    Returns:
+        uint8 (H, W, channels), and the bits per sample the values were read at (int32): a PNG's
+        real depth (see `_decode_wide_png`; 1, 2 or 4 for such PNGs), 8 for other formats.
+    """
+    is_png = tf.logical_and(tf.strings.substr(image_bytes, 0, 8) == PNG_SIGNATURE,
+                            tf.strings.length(image_bytes) > 24)  # a shorter one fails to decode below
+    png_depth = tf.cond(is_png, lambda: tf.cast(_uint(image_bytes, 24, 1), tf.int32),  # IHDR's bit depth
+                        lambda: tf.constant(8))
+
+    def plain():
+        return tf.io.decode_image(image_bytes, channels=channels, dtype=tf.uint8, expand_animations=False)
+
+    def cmyk():  # libjpeg converts CMYK and YCCK to RGB only; grey then comes from RGB
+        rgb = tf.io.decode_jpeg(image_bytes, channels=3)
+        return tf.image.rgb_to_grayscale(rgb) if channels == 1 else rgb
+
+    def jpeg_or_other():
+        four = tf.cond(tf.io.is_jpeg(image_bytes), lambda: tf.image.extract_jpeg_shape(image_bytes)[2] == 4,
+                       lambda: tf.constant(False))
+        return tf.cond(four, cmyk, plain), tf.constant(8)
+
+    image, bits = tf.cond(
+        tf.logical_and(is_png, png_depth == 16), lambda: _decode_wide_png(image_bytes, channels),
+        lambda: tf.cond(is_png, lambda: (plain(), png_depth), jpeg_or_other))
+    image.set_shape([None, None, channels])
+    return image, bits
+
 
 def decode_image(image_bytes: tf.Tensor, channels: int) -> tf.Tensor:
-    """Decodes JPEG, PNG, BMP or GIF bytes to uint8 (H, W, channels).
+    """Decodes JPEG, PNG, BMP or GIF bytes to uint8 (H, W, channels), as `decode_image_and_depth`.
 
     Args:
         image_bytes: a scalar tf.string.
@@ -27,9 +113,7 @@ def decode_image(image_bytes: tf.Tensor, channels: int) -> tf.Tensor:
     Returns:
         uint8 tensor of rank 3.
     """
-    image = tf.io.decode_image(image_bytes, channels=channels, dtype=tf.uint8, expand_animations=False)
-    image.set_shape([None, None, channels])
-    return image
+    return decode_image_and_depth(image_bytes, channels)[0]
 
 
 def standardize(image: tf.Tensor, size: int) -> tf.Tensor:

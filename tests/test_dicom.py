@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    BasicTextSRStorage,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     RLELossless,
@@ -142,6 +143,31 @@ def test_bad_files_are_rejected_with_a_reason(data, reason):
     with pytest.raises(dicom.DicomError) as info:
         dicom.decode(data)
     assert info.value.reason == reason
+
+
+@pytest.mark.parametrize("syntax", [JPEG2000Lossless, RLELossless, ExplicitVRLittleEndian],
+                         ids=["jpeg2000-lossless", "rle", "uncompressed"])
+@pytest.mark.parametrize("keep", [0.3, 0.5, 0.7, 0.9, 0.99])
+def test_a_file_cut_anywhere_is_truncated_whatever_its_transfer_syntax(syntax, keep):
+    data = make_dicom(RAMP, transfer_syntax=syntax)
+    with pytest.raises(dicom.DicomError) as info:
+        dicom.decode(data[: int(len(data) * keep)])
+    assert info.value.reason == dicom.TRUNCATED, str(info.value)
+
+
+def test_a_whole_dicom_object_without_pixels_is_not_an_image():
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = BasicTextSRStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = BasicTextSRStorage, ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID = "SR", "PID-1"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    with pytest.raises(dicom.DicomError) as info:
+        dicom.decode(buf.getvalue())
+    assert (info.value.reason, str(info.value)) == (dicom.NOT_AN_IMAGE, "not an image: no pixel data")
 
 
 def test_only_allow_listed_header_fields_come_out():

@@ -319,9 +319,58 @@ def test_sixteen_bit_png_reaches_uint8_as_the_server_decodes_it(tmp_path):
     f = tf.train.Example.FromString(decoded.example).features.feature
     served = standardize(decode_image(tf.constant(path.read_bytes()), 1), 5).numpy()
     assert f[ex.IMAGE].bytes_list.value[0] == served.tobytes()
-    assert list(served[0, :, 0]) == [0, 0, 1, 156, 255]  # value >> 8
+    assert list(served[0, :, 0]) == [0, 1, 1, 156, 255]  # round(v * 255 / 65535): 40000 -> 155.65
     assert f[ex.BIT_DEPTH].int64_list.value[0] == 16
     assert f[ex.P95_INTENSITY].float_list.value[0] == pytest.approx(255)
+
+
+def _with_sbit(png: bytes, bits: int) -> bytes:
+    """The PNG with an sBIT chunk of `bits` inserted before its first IDAT."""
+    import struct
+    import zlib
+
+    chunk = b"sBIT" + bytes([bits])
+    i = png.index(b"IDAT") - 4
+    return png[:i] + struct.pack(">I", 1) + chunk + struct.pack(">I", zlib.crc32(chunk)) + png[i:]
+
+
+@pytest.mark.parametrize("case, values, sbit, depth, expected", [
+    # 12-bit values left in the low bits of a 16-bit PNG: read at 12 bits, from their range or from sBIT
+    ("12-bit values", [0, 1, 2048, 4095], None, 12, [0, 0, 128, 255]),
+    ("12-bit values, sBIT 12", [0, 1, 2048, 4095], 12, 12, [0, 0, 128, 255]),
+    ("10-bit values", [0, 512, 1023, 100], None, 10, [0, 128, 255, 25]),
+    # a writer that followed the spec scaled 12-bit values up to 16 bits and said so with sBIT
+    ("scaled to 16 bits, sBIT 12", [0, 16, 32768, 65520], 12, 16, [0, 0, 128, 255]),
+])
+def test_wide_png_is_read_at_its_real_bit_depth_on_both_paths(tmp_path, case, values, sbit, depth, expected):
+    pixels = np.array([values], np.uint16).repeat(4, axis=0)
+    data = _png(pixels) if sbit is None else _with_sbit(_png(pixels), sbit)
+    path = tmp_path / "x.png"
+    path.write_bytes(data)
+    decoded = decode_file(SourceFile(str(path), "A"), ("A",), 4, 1)
+    f = tf.train.Example.FromString(decoded.example).features.feature
+    served = standardize(decode_image(tf.constant(data), 1), 4).numpy()
+    assert f[ex.IMAGE].bytes_list.value[0] == served.tobytes()
+    assert list(served[0, :, 0]) == expected
+    assert f[ex.BIT_DEPTH].int64_list.value[0] == depth
+
+
+def test_cmyk_jpeg_is_decoded_on_both_paths(tmp_path):
+    rng = np.random.default_rng(4)
+    grey = np.clip(rng.normal(120, 30, (48, 64)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(grey).convert("RGB").convert("CMYK").save(buf, format="JPEG", quality=95)
+    path = tmp_path / "cmyk.jpg"
+    path.write_bytes(buf.getvalue())
+    assert Image.open(path).mode == "CMYK"
+    decoded = decode_file(SourceFile(str(path), "A"), ("A",), 32, 1)
+    assert not decoded.reason
+    stored = tf.train.Example.FromString(decoded.example).features.feature[ex.IMAGE].bytes_list.value[0]
+    pixels = decode_image(tf.constant(buf.getvalue()), 1).numpy()[..., 0]
+    assert stored == standardize(pixels[..., None], 32).numpy().tobytes()
+    assert np.abs(pixels.astype(float) - grey).mean() < 4  # the picture, not inverted or garbage
+    rgb = decode_image(tf.constant(buf.getvalue()), 3).numpy()
+    assert rgb.shape == (48, 64, 3)
 
 
 def test_centre_crop_policy_and_three_channels(tmp_path):

@@ -39,7 +39,7 @@ from PIL import Image, UnidentifiedImageError
 from radflow import beam_runner, dicom, fileio
 from radflow import examples as ex
 from radflow.components.ingest.config import PATIENT_ID_PRESETS, SPLIT_FOLDER_NAMES, IngestConfig
-from radflow.preprocessing import center_crop, decode_image, standardize
+from radflow.preprocessing import center_crop, decode_image_and_depth, standardize
 
 log = logging.getLogger(__name__)
 
@@ -437,11 +437,6 @@ def _source_format(data: bytes) -> str:
     return ""
 
 
-def _png_bit_depth(data: bytes) -> int:
-    """Bits per sample from the PNG IHDR chunk (byte 24)."""
-    return data[24] if len(data) > 24 else 8
-
-
 def _tf_error(err: tf.errors.OpError) -> str:
     """The readable part of a TensorFlow op error, without the op and device decoration."""
     text = re.sub(r"\{\{[^}]*\}\}|\[Op:[^\]]*\].*", "", err.message.splitlines()[0])
@@ -454,8 +449,9 @@ def decode_file(
 ) -> _Decoded:
     """Reads, decodes and standardises one file; never raises for a bad file.
 
-    JPEG, PNG, BMP and GIF are decoded by the same `decode_image` as the serving signature; a 16-bit
-    PNG reaches uint8 inside it as value >> 8 on both paths. DICOM is first rendered to PNG by
+    JPEG (CMYK too), PNG, BMP and GIF are decoded by the same `decode_image_and_depth` as the
+    serving signature; a 16-bit PNG reaches uint8 inside it at its real sample depth (sBIT, else its
+    value range), which is recorded as the image's bit depth. DICOM is first rendered to PNG by
     `radflow.dicom.to_png`, the conversion the predict client uses, then decoded the same way.
 
     Args:
@@ -494,8 +490,6 @@ def decode_file(
             patient, patient_from = rendered.patient_id, FROM_DICOM
         header = {k: v for k, v in rendered.header.items() if k in ex.HEADER_FEATURES}
         bit_depth = rendered.bits_stored
-    elif fmt == "PNG":
-        bit_depth = _png_bit_depth(data)
     elif not fmt:
         try:
             with Image.open(io.BytesIO(data)) as probe:
@@ -505,9 +499,11 @@ def decode_file(
         except Exception as err:  # noqa: BLE001 - PIL raises many types for damaged headers
             return quarantine(f"{NOT_AN_IMAGE}: {err}", sha256=sha)
     try:
-        pixels, standardized, histogram = _decoder(size, channels, resize_policy)(tf.constant(data))
+        pixels, standardized, histogram, bits = _decoder(size, channels, resize_policy)(tf.constant(data))
     except tf.errors.InvalidArgumentError as err:
         return quarantine(f"{TRUNCATED}: {fmt} {_tf_error(err)}", sha256=sha)
+    if fmt != "DICOM":  # a DICOM's depth is its BitsStored; the PNG it was rendered to is 8-bit
+        bit_depth = int(bits)
     decoded = pixels.numpy()
     if min(decoded.shape[:2]) < min_side:
         return quarantine(f"{TOO_SMALL}: {decoded.shape[1]}x{decoded.shape[0]} px, minimum side {min_side}",
@@ -614,14 +610,14 @@ def _expected_split_sizes(files: list[SourceFile], config: IngestConfig) -> dict
 
 @functools.lru_cache(maxsize=8)
 def _decoder(size: int, channels: int, resize_policy: str):
-    """Encoded bytes -> (decoded pixels, standardised pixels, intensity histogram), traced once into
-    one graph: the serving signature's `decode_image` and `standardize` plus the histogram the
-    statistics come from. One call per image, run without the GIL, so ingest's worker threads
+    """Encoded bytes -> (decoded pixels, standardised pixels, intensity histogram, bits per sample),
+    traced once into one graph: the serving signature's decode and `standardize` plus the histogram
+    the statistics come from. One call per image, run without the GIL, so ingest's worker threads
     share the cores instead of taking turns in Python."""
     def run(data: tf.Tensor):
-        pixels = decode_image(data, channels)
+        pixels, bits = decode_image_and_depth(data, channels)
         square = center_crop(pixels) if resize_policy == "crop" else pixels
-        return pixels, standardize(square, size), ex.intensity_histogram(pixels)
+        return pixels, standardize(square, size), ex.intensity_histogram(pixels), bits
 
     return tf.function(run, input_signature=[tf.TensorSpec([], tf.string)])
 
