@@ -75,7 +75,10 @@ def _write_separable_examples(out: str, patients_per_split: dict[str, int], seed
                     info = ex.ImageFeatures.measure(pixels, "PNG", patient_key=f"{split}-patient-{p}")
                     writer.write(ex.make_example(pixels, label, names[label], info))
                     counts[split][names[label]] += 1
-    ex.write_metadata(out, ex.DatasetMetadata(label_names=names, image_size=16, channels=1, counts=counts))
+    fingerprint = f"{seed:064x}"  # stands for ingest's input fingerprint: lineage and model card must carry it
+    ex.write_metadata(out, ex.DatasetMetadata(label_names=names, image_size=16, channels=1, counts=counts,
+                                              input_fingerprint=fingerprint, patient_ids={"manifest": 3 * sum(
+                                                  patients_per_split.values())}))
 
 
 @pytest.fixture(scope="session")

@@ -272,3 +272,15 @@ def test_model_worse_than_production_is_rejected_with_the_reason(good_model_dir,
 def test_missing_blessing_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match=BLESSING_FILE):
         read_blessing(str(tmp_path))
+
+
+def test_image_level_splits_are_a_limitation_in_the_blessing_and_card():
+    from radflow.components.evaluate.evaluate import data_limitations, decide_blessing
+
+    metadata = ex.DatasetMetadata(("A", "B"), 16, patient_ids={"none": 90, "pattern": 10}, image_level_splits=True)
+    [limit] = data_limitations(metadata)
+    assert "image-level" in limit and "90 of 100 images had no patient id" in limit
+    metrics = {"roc_auc": 0.95, "recall": 0.9, "specificity": 0.9, "num_examples": 40.0, "num_patients": 40.0}
+    blessing = decide_blessing(metrics, {"roc_auc": (0.9, 0.99)}, EvaluateConfig(), limitations=[limit])
+    assert blessing.reason.endswith("Limitations: " + limit)
+    assert data_limitations(ex.DatasetMetadata(("A", "B"), 16, patient_ids={"pattern": 10})) == []

@@ -16,6 +16,7 @@ from radflow import examples as ex
 from radflow.cli import main
 from radflow.components.evaluate.config import EvaluateConfig
 from radflow.components.evaluate.evaluate import BLESSING_FILE, CANARY_FILE, Blessing, evaluate
+from radflow.components.evaluate.model_card import MODEL_CARD_FILE
 from radflow.components.push.config import PushConfig
 from radflow.components.push.layout import (
     LINEAGE_DIR,
@@ -78,7 +79,7 @@ def test_unblessed_model_is_not_pushed(good_model_dir, tmp_path):
 
 
 def test_good_model_is_pushed_with_its_threshold_and_lineage(good_model_dir, evaluation_dir, statistics_dir,
-                                                             tmp_path):
+                                                             separable_examples_dir, tmp_path):
     result = push(good_model_dir, evaluation_dir, str(tmp_path / "serving"), FAST, statistics_dir, run_id="run-42")
     assert result.pushed and result.version == 1, result.reason
     assert result.infra_validation["passed"] and result.infra_validation["latency_ms"]["p95"] > 0
@@ -102,7 +103,10 @@ def test_good_model_is_pushed_with_its_threshold_and_lineage(good_model_dir, eva
     assert lineage["threshold"] == chosen and lineage["metrics"]["roc_auc"] > 0.9
     assert lineage["config"]["evaluate"]["threshold_method"] == "target_sensitivity"
     assert lineage["config"]["training"]["best_epoch"] >= 1 and "counts" in lineage["data"]
-    assert "data_fingerprint" in lineage
+    fingerprint = ex.read_metadata(separable_examples_dir).input_fingerprint
+    assert len(fingerprint) == 64 and lineage["data_fingerprint"] == fingerprint
+    with open(os.path.join(evaluation_dir, MODEL_CARD_FILE)) as f:
+        assert f"data fingerprint: {fingerprint}" in f.read()
     copied = version_dir / LINEAGE_DIR / TRAIN_STATISTICS_FILE
     assert copied.read_bytes() == open(os.path.join(statistics_dir, "statistics", "train.pb"), "rb").read()
     assert (version_dir / LINEAGE_DIR / LINEAGE_FILE).exists()

@@ -147,6 +147,7 @@ def decide_blessing(
     intervals: dict[str, tuple[float, float]],
     config: EvaluateConfig,
     baseline: Baseline | None = None,
+    limitations: list[str] = (),
 ) -> Blessing:
     """Blesses only when at least one absolute gate is configured and every gate passes.
 
@@ -155,6 +156,7 @@ def decide_blessing(
         intervals: their bootstrap intervals.
         config: the gates and the tolerance.
         baseline: production's metrics on the same images; None for the first model.
+        limitations: what the data's reader must know (`data_limitations`), stated in the reason.
 
     Returns:
         The blessing, each gate with value, bound and outcome, and a one-paragraph reason.
@@ -179,6 +181,8 @@ def decide_blessing(
                                                   "passed": bool(np.isfinite(value) and value >= bound)}
     blessed = all(g["passed"] for g in gates.values())
     reason = _reason(gates, absolute, metrics, intervals, config, baseline)
+    if limitations:
+        reason += " Limitations: " + " ".join(limitations)
     return Blessing(blessed, reason, gates, baseline.version if baseline else None)
 
 
@@ -231,15 +235,32 @@ def score_baseline(version: int, path: str, examples_dir: str, test: Scored, con
     return Baseline(version, metrics, threshold)
 
 
+def data_limitations(metadata: ex.DatasetMetadata) -> list[str]:
+    """What a reader of the metrics must know about the data they come from, one sentence each."""
+    limits = []
+    without = metadata.patient_ids.get("none", 0)
+    if metadata.image_level_splits:
+        limits.append(f"Splits are image-level: {without} of {sum(metadata.patient_ids.values())} images had no "
+                      "patient id (allow_image_level_splits), so one patient's images may sit in train and test "
+                      "alike and the test metrics may be optimistic.")
+    elif without:
+        limits.append(f"{without} images had no patient id and were split as their own patients.")
+    return limits
+
+
 def data_summary(examples_dir: str, val: Scored, test: Scored) -> dict:
-    """Counts per split and class, patients in val and test, and ingest's data fingerprint if it records one."""
-    raw = json.loads(fileio.read_text(os.path.join(examples_dir, ex.METADATA_FILE)))
+    """Counts per split and class, patients in val and test, ingest's input fingerprint and the data's limits."""
+    metadata = ex.read_metadata(examples_dir)
     return {
-        "counts": raw.get("counts", {}),
-        "image_size": raw.get("image_size"),
+        "counts": metadata.counts,
+        "image_size": metadata.image_size,
         "patients": {THRESHOLD_SPLIT: int(len(set(mx.patient_groups(val.patients)))),
                      EVAL_SPLIT: int(len(set(mx.patient_groups(test.patients))))},
-        "fingerprint": raw.get("fingerprint"),
+        "input_fingerprint": metadata.input_fingerprint,
+        "layout": metadata.layout,
+        "patient_ids": metadata.patient_ids,
+        "image_level_splits": metadata.image_level_splits,
+        "limitations": data_limitations(metadata),
         "examples_dir": examples_dir,
     }
 
@@ -280,7 +301,7 @@ def evaluate(
 
     production = production_version(serving_root, model_name)
     baseline = score_baseline(*production, examples_dir, test, config) if production else None
-    blessing = decide_blessing(metrics, intervals, config, baseline)
+    blessing = decide_blessing(metrics, intervals, config, baseline, data_limitations(metadata))
     k = metadata.num_classes
     result = EvaluationResult(
         metrics=metrics,

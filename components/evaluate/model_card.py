@@ -252,9 +252,11 @@ def model_card_html(report: dict, result: EvaluationResult, plots: dict[str, str
     parts = ["<!doctype html><meta charset='utf-8'><title>radflow model card</title>", _STYLE,
              "<h1>Model card</h1>",
              f"<p class='note'>model: {html.escape(model_dir)}<br>examples: {html.escape(data['examples_dir'])}"
-             f"<br>data fingerprint: {html.escape(str(data.get('fingerprint') or 'not recorded'))}</p>",
+             f"<br>data fingerprint: {html.escape(str(data.get('input_fingerprint') or 'not recorded'))}</p>",
              f"<div class='verdict {'yes' if b.blessed else 'no'}'>{'BLESSED' if b.blessed else 'NOT BLESSED'}</div>",
              f"<p>{html.escape(b.reason)}</p>",
+             *([f"<h2>Limitations</h2><ul>{''.join(f'<li>{html.escape(x)}</li>' for x in data['limitations'])}</ul>"]
+               if data.get("limitations") else []),
              "<h2>Data</h2>"]
     names = result.label_names
     counts = data["counts"]

@@ -227,7 +227,7 @@ def push(
         "model_name": config.model_name,
         "parent_version": live_version(model_root),
         "rollback_of": None,
-        "data_fingerprint": report["data"].get("fingerprint"),
+        "data_fingerprint": report["data"].get("input_fingerprint"),
         "data": report["data"],
         "threshold": report["threshold"],
         "threshold_method": report["threshold_method"],
