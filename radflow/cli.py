@@ -199,6 +199,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, data=args.data, serving_root=args.serving_root,
                          pipeline_root=args.pipeline_root)
+    if args.patient_id_pattern is not None or args.allow_image_level_splits:
+        import dataclasses
+
+        allow = args.allow_image_level_splits or config.ingest.allow_image_level_splits
+        ingest = dataclasses.replace(
+            config.ingest, allow_image_level_splits=allow,
+            **({} if args.patient_id_pattern is None else {"patient_id_pattern": args.patient_id_pattern}))
+        config = dataclasses.replace(config, ingest=ingest)
     if not os.path.isdir(config.data) and "://" not in config.data:
         print(f"no data at {config.data!r}: pass --data DIR, or make a sample with `radflow synth {config.data}`",
               file=sys.stderr)
@@ -366,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="image folder (Kaggle or class-per-folder layout); default from config")
     p.add_argument("--serving-root", help="TF Serving model base directory; default from config ('models')")
     p.add_argument("--pipeline-root", help="where task outputs are kept; default from config ('runs')")
+    p.add_argument("--patient-id-pattern", metavar="REGEX|PRESET", help="ingest.patient_id_pattern: where the "
+                   "patient is in each path (see radflow ingest --help)")
+    p.add_argument("--allow-image-level-splits", action="store_true", help="ingest.allow_image_level_splits")
 
     p = with_config(add("compile", cmd_compile, "compile the pipeline to KFP YAML",
                         "Writes the KFP v2 pipeline spec that a Kubeflow cluster runs. Config values become\n"
