@@ -19,6 +19,7 @@ import sys
 from importlib import metadata
 
 TF_SERVING_VERSION = "2.16.1"  # the tensorflow_model_server whose flags these are
+VERSION_HEADER = "X-Model-Version"  # REST predict responses of radflow serve name the answering version here
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20  # a 2048x2048 16-bit RGBA PNG is at most ~32 MiB; base64 over REST ~43 MiB
 
 

@@ -102,13 +102,13 @@ def check_tensor_proto(key: str, proto: tensor_pb2.TensorProto, limits: RequestL
     dims = [d.size for d in proto.tensor_shape.dim]
     if any(d < 0 for d in dims):
         raise invalid(f"input '{key}' declares a negative dimension: {dims}")
+    elements = math.prod(dims)
+    if proto.dtype == types_pb2.DT_STRING and len(proto.string_val) != elements:
+        raise invalid(f"input '{key}' declares shape {dims} ({elements} values) but carries "
+                      f"{len(proto.string_val)}: send one value per element", SHAPE_MISMATCH)
     if dims:
         check_rows(key, dims[0], limits)
-    elements = math.prod(dims)
     if proto.dtype == types_pb2.DT_STRING:
-        if len(proto.string_val) != elements:
-            raise invalid(f"input '{key}' declares shape {dims} ({elements} values) but carries "
-                          f"{len(proto.string_val)}: send one value per element", SHAPE_MISMATCH)
         return
     try:
         itemsize = tf.as_dtype(proto.dtype).size

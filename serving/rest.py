@@ -44,6 +44,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 
 from radflow.serving.errors import ServingError, invalid
+from radflow.serving.flags import VERSION_HEADER
 from radflow.serving.grpc_service import SIGNATURE_DEF_FIELD, model_metadata, observed, run_predict
 from radflow.serving.limits import RequestGate, check_rows
 from radflow.serving.manager import ModelManager
@@ -57,7 +58,6 @@ PREDICT_PATH = re.compile(_SPEC + r":(classify|regress|predict)", re.IGNORECASE)
 STATUS_PATH = re.compile(_SPEC + r"(/metadata)?", re.IGNORECASE)
 API_PATH = re.compile(r"/v1/.*", re.IGNORECASE)  # TF Serving's kHTTPRestApiHandlerPathRegex
 INT64_MAX = 2**63 - 1
-VERSION_HEADER = "X-Model-Version"
 CORS_HEADERS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "POST, GET",
                 "Access-Control-Allow-Headers": "Content-Type"}  # TF Serving's AddCORSHeaders
 
