@@ -138,3 +138,22 @@ def test_ssl_and_monitoring_config_parse_with_tf_servings_fields():
     infra = os.path.join(os.path.dirname(__file__), "..", "infra", "serving", "base", "monitoring.config")
     with open(infra) as f:
         assert parse_monitoring_config(f.read()) == "/monitoring/prometheus/metrics"
+
+
+def test_scrape_annotations_match_the_monitoring_config_and_the_rest_port():
+    import yaml
+
+    from radflow.serving.config import parse_monitoring_config
+
+    infra = os.path.join(os.path.dirname(__file__), "..", "infra", "serving")
+    with open(os.path.join(infra, "base", "monitoring.config")) as f:
+        path = parse_monitoring_config(f.read())
+    for manifest in ("base/deployment.yaml", "overlays/canary/canary-deployment.yaml"):
+        with open(os.path.join(infra, manifest)) as f:
+            template = yaml.safe_load(f)["spec"]["template"]
+        (container,) = template["spec"]["containers"]
+        args = dict(a.lstrip("-").split("=", 1) for a in container["args"])
+        annotations = template["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/path"] == path
+        assert annotations["prometheus.io/port"] == args["rest_api_port"]  # metrics are served on the REST port
+        assert args["monitoring_config_file"].endswith("/monitoring.config")
