@@ -51,6 +51,8 @@ from radflow.serving.rest import RestOptions, RestServer
 
 log = logging.getLogger(__name__)
 
+GRPC_QUEUE_FACTOR = 4  # concurrent RPCs admitted per gRPC worker thread (running or waiting for a worker)
+
 
 class ModelServer:
     """The model manager behind a gRPC and a REST endpoint.
@@ -102,10 +104,10 @@ class ModelServer:
         options = [("grpc.max_receive_message_length", c.max_message_bytes),
                    ("grpc.max_send_message_length", c.max_message_bytes),
                    ("grpc.so_reuseport", 0), *c.grpc_channel_arguments]
-        # As TF Serving's ResourceQuota max threads: RPCs beyond the pool are refused (RESOURCE_EXHAUSTED),
-        # not queued without bound.
+        # grpc_max_threads workers; as many again x3 RPCs may wait for one, further ones are refused with
+        # RESOURCE_EXHAUSTED rather than queued (each holding its message) without bound.
         self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=c.grpc_max_threads, thread_name_prefix="grpc"),
-                                 options=options, maximum_concurrent_rpcs=c.grpc_max_threads)
+                                 options=options, maximum_concurrent_rpcs=GRPC_QUEUE_FACTOR * c.grpc_max_threads)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionService(self._manager, self._gate, self._request_log, self.metrics), self._grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self._manager), self._grpc)
