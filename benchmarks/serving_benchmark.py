@@ -6,9 +6,12 @@ bytes: all a server can do is add to it. Measured: p50/p99 latency and throughpu
 server runs as a `radflow serve` subprocess on loopback ports; every loop is bounded.
 
     .venv/bin/python benchmarks/serving_benchmark.py                      # builds a baseline CNN (224 px)
+    .venv/bin/python benchmarks/serving_benchmark.py --model mobilenet_v2 # MobileNetV2 at 224 px, random init
     .venv/bin/python benchmarks/serving_benchmark.py --saved_model models/radflow/3
 
-Targets: one client's p50 within 1.3x the floor's; batching raises throughput with 16 clients.
+Targets: one client's p50 within 1.3x the floor's; batching raises 16-client throughput by >= 1.3x.
+The server does work the floor does not: the request checks and image admission of
+radflow.admission (a reduced-scale decode for the constant-image check), which the figures include.
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ import numpy as np
 log = logging.getLogger("serving_benchmark")
 
 
-def build_model(work: str) -> str:
-    """A baseline CNN at the default 224 px, trained one epoch on a small synthetic set (weights do
-    not change latency; the architecture and the preprocessing graph do)."""
+def build_model(work: str, model: str) -> str:
+    """A model at the default 224 px (the baseline CNN, or a keras.applications backbone with random
+    weights: there are no ImageNet weights here), trained one epoch on a small synthetic set
+    (weights do not change latency; the architecture and the preprocessing graph do)."""
     from radflow import examples as ex
     from radflow.components.class_balance.class_balance import compute_class_balance
     from radflow.components.class_balance.config import ClassBalanceConfig
@@ -46,7 +50,8 @@ def build_model(work: str) -> str:
     synthesize(os.path.join(work, "data"), n=60, seed=0)
     ingest(os.path.join(work, "data"), os.path.join(work, "examples"), IngestConfig())
     balance = compute_class_balance(ex.read_metadata(os.path.join(work, "examples")), ClassBalanceConfig())
-    train(os.path.join(work, "examples"), os.path.join(work, "model"), balance, TrainConfig(epochs=1, warmup_epochs=0))
+    train(os.path.join(work, "examples"), os.path.join(work, "model"), balance,
+          TrainConfig(model=model, epochs=1, warmup_epochs=0, fine_tune_epochs=0))
     return os.path.join(work, "model", "saved_model")
 
 
@@ -222,7 +227,9 @@ def summary(latencies: list[float], wall: float) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--saved_model", help="an exported model (default: build a baseline CNN at 224 px)")
+    parser.add_argument("--saved_model", help="an exported model (default: build --model at 224 px)")
+    parser.add_argument("--model", default="baseline_cnn", help="what to build: baseline_cnn (default) or a "
+                        "backbone of train's zoo, e.g. mobilenet_v2, densenet121")
     parser.add_argument("--rounds", type=int, default=3, help="rounds over every configuration (default 3)")
     parser.add_argument("--requests", type=int, default=100, help="requests per one-client run (default 100)")
     parser.add_argument("--per_client", type=int, default=12, help="requests per client with 16 clients (default 12)")
@@ -242,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     with tempfile.TemporaryDirectory() as work:
-        saved_model = args.saved_model or build_model(work)
+        saved_model = args.saved_model or build_model(work, args.model)
         base = os.path.join(work, "serving", "radflow")
         shutil.copytree(saved_model, os.path.join(base, "1"))
         images = test_images(work, 16)
@@ -273,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         floor = summary(*runs.pop(("floor", 1, False)))
         rows = [(*key, summary(*value)) for key, value in runs.items()]
 
-    print(f"\ncores: {os.cpu_count()}; 1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
+    print(f"\nmodel: {args.saved_model or args.model + ' at 224 px'}")
+    print(f"cores: {os.cpu_count()}; 1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
           f"(other processes share the cores); {len(images)} synthetic chest X-ray JPEGs, one per request; "
           f"TensorFlow threads intra-op {args.intra_op or 'auto'}, inter-op {args.inter_op or 'auto'}")
     print(f"{'path':<10}{'clients':>8}{'batching':>10}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}{'p50/floor':>11}")
@@ -289,10 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     for protocol in ("grpc", "rest"):
         ratio = result[(protocol, 1, False)]["p50"] / floor["p50"]
         gain = result[(protocol, 16, True)]["rps"] / result[(protocol, 16, False)]["rps"]
-        met = ratio <= 1.3 and gain > 1.0
+        met = ratio <= 1.3 and gain >= 1.3
         ok &= met
         print(f"{protocol}: one-client p50 = {ratio:.2f}x floor (target <= 1.3); "
-              f"batching at 16 clients = {gain:.2f}x throughput (target > 1) -> {'met' if met else 'NOT met'}")
+              f"batching at 16 clients = {gain:.2f}x throughput (target >= 1.3) -> {'met' if met else 'NOT met'}")
     return 0 if ok else 1
 
 

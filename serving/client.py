@@ -26,7 +26,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, predict
 
 from radflow import dicom
 from radflow.components.train.train import CLASSES, SCORES, THRESHOLD
-from radflow.serving.flags import DEFAULT_MAX_MESSAGE_BYTES
+from radflow.serving.flags import DEFAULT_MAX_MESSAGE_BYTES, VERSION_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class ClientPrediction:
     scores: dict[str, float]  # class name -> probability, in the model's class order
     threshold: float  # the model's operating threshold on the positive-class score
     decision: str  # binary: the positive class if its score >= threshold, else the other; otherwise `label`
-    version: int | None  # the version that answered (gRPC only; TF Serving's REST does not say)
+    version: int | None  # the version that answered; over REST only radflow serve says (X-Model-Version)
 
 
 def read_image(path: str) -> bytes:
@@ -158,7 +158,8 @@ class ServingClient:
                                        verify=self._verify)
             _raise_for_rest(reply)
             rows = [(r[SCORES], r[CLASSES], r[THRESHOLD]) for r in reply.json()["predictions"]]
-            version = None
+            header = reply.headers.get(VERSION_HEADER, "")
+            version = int(header) if header.isdigit() else None  # TF Serving's JSON does not name it
         else:
             request = predict_pb2.PredictRequest()
             self._spec(request.model_spec)

@@ -1,9 +1,11 @@
-"""Options of `radflow serve`, and the two text-proto files tensorflow_model_server reads.
+"""Options of `radflow serve`, and the text-proto files tensorflow_model_server reads.
 
 `--model_config_file` is parsed with TF Serving's own ModelServerConfig message, so one file works
-for both servers. `--batching_parameters_file` is TF Serving's BatchingParameters message, which
-the tensorflow-serving-api wheel does not ship; its descriptor is rebuilt here from
-session_bundle_config.proto, field for field, so the same text parses the same way.
+for both servers. `--batching_parameters_file` (BatchingParameters), `--ssl_config_file`
+(SSLConfig) and `--monitoring_config_file` (MonitoringConfig) are TF Serving messages the
+tensorflow-serving-api wheel does not ship; their descriptors are rebuilt here from
+session_bundle_config.proto, ssl_config.proto and monitoring_config.proto, field for field, so the
+same text parses the same way.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, te
 from tensorflow_serving.config import model_server_config_pb2
 
 from radflow import fileio
-from radflow.serving.flags import DEFAULT_MAX_MESSAGE_BYTES
+from radflow.serving.flags import DEFAULT_MAX_MESSAGE_BYTES, default_threads
+from radflow.serving.limits import RequestLimits
+from radflow.serving.metrics import DEFAULT_PATH
 
 
 @dataclass(frozen=True)
@@ -40,23 +44,74 @@ class RequestLogConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """TF Serving's SSLConfig: PEM contents (not paths) of the server's key and certificate, a CA
+    to verify clients with, and whether clients must present a certificate it signed."""
+
+    server_key: bytes
+    server_cert: bytes
+    custom_ca: bytes | None = None
+    client_verify: bool = False
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"  # loopback by default: a local model server should not be open to the network
     port: int = 8500  # gRPC port, as tensorflow_model_server; 0 lets the OS pick one
+    grpc_socket_path: str | None = None  # also serve gRPC on this UNIX socket (--grpc_socket_path)
     rest_api_port: int | None = 8501  # REST port; None disables REST (the CLI's --rest_api_port 0)
-    file_system_poll_wait_seconds: float = 1.0  # how often each base path is scanned for new versions
+    file_system_poll_wait_seconds: float = 1.0  # how often each base path is scanned (0: once; < 0: never)
+    model_config_file: str | None = None  # re-read every model_config_poll_seconds when both are set
+    model_config_poll_seconds: float = 0.0  # --model_config_file_poll_wait_seconds; 0: read once
     enable_batching: bool = False  # batch concurrent requests into one signature call
     batching: BatchingOptions = BatchingOptions()  # used when enable_batching
+    per_model_batching: bool = False  # a version's own batching_params.pbtxt overrides `batching`
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # gRPC message and REST body limit
-    max_threads: int = 32  # gRPC worker threads (REST runs one thread per connection)
+    grpc_max_threads: int = field(default_factory=default_threads)  # concurrent RPCs; more get RESOURCE_EXHAUSTED
+    grpc_channel_arguments: tuple[tuple[str, int | str], ...] = ()  # extra gRPC server options
+    rest_api_num_threads: int = field(default_factory=default_threads)  # REST requests run at once
+    rest_api_timeout_seconds: float = 30.0  # reading and answering one REST request
+    rest_api_cors: bool = False  # CORS headers on REST responses (--rest_api_enable_cors_support)
     # TensorFlow's thread pools, as tensorflow_model_server's --tensorflow_{intra,inter}_op_parallelism;
     # 0 lets TensorFlow size them to the cores. Only the first TensorFlow user of a process can set them.
     intra_op_threads: int = 0  # threads one op may use; 1 is fastest for one-image requests on a CPU
     inter_op_threads: int = 0  # ops that run at once, across concurrent requests
     ssl_cert_file: str | None = None  # PEM certificate chain; with ssl_key_file, gRPC and REST use TLS
     ssl_key_file: str | None = None  # PEM private key
+    tls: TlsConfig | None = None  # --ssl_config_file's SSLConfig (instead of the two files)
     request_log: RequestLogConfig | None = None  # None: nothing about requests is stored
     shutdown_grace_seconds: float = 10.0  # in-flight requests get this long to finish on shutdown
+    max_num_load_retries: int = 5  # retries of a failed load (TF Serving's default)
+    load_retry_interval_seconds: float = 60.0  # between retries (TF Serving's default: 1 minute)
+    saved_model_tags: tuple[str, ...] = ("serve",)  # the meta graph to load
+    enable_model_warmup: bool = True  # replay assets.extra/tf_serving_warmup_requests before AVAILABLE
+    warmup_iterations: int = 1  # times each warmup record is replayed
+    allow_version_labels_for_unavailable_models: bool = False  # TF Serving's flag of that name
+    metrics_path: str | None = None  # serve Prometheus metrics at this REST path (MonitoringConfig)
+    limits: RequestLimits = field(default_factory=RequestLimits)  # batch, admission, decode memory
+
+
+_POOL = descriptor_pool.DescriptorPool()
+_f = descriptor_pb2.FieldDescriptorProto
+
+
+def _ssl_and_monitoring_classes():
+    """SSLConfig and MonitoringConfig message classes, from descriptors matching TF Serving's protos."""
+    proto = descriptor_pb2.FileDescriptorProto(name="radflow/ssl_and_monitoring_config.proto",
+                                               package="tensorflow.serving", syntax="proto3")
+    ssl = proto.message_type.add(name="SSLConfig")
+    for number, name in enumerate(("server_key", "server_cert", "custom_ca"), start=1):
+        ssl.field.add(name=name, number=number, label=_f.LABEL_OPTIONAL, type=_f.TYPE_STRING)
+    ssl.field.add(name="client_verify", number=4, label=_f.LABEL_OPTIONAL, type=_f.TYPE_BOOL)
+    prometheus = proto.message_type.add(name="PrometheusConfig")
+    prometheus.field.add(name="enable", number=1, label=_f.LABEL_OPTIONAL, type=_f.TYPE_BOOL)
+    prometheus.field.add(name="path", number=2, label=_f.LABEL_OPTIONAL, type=_f.TYPE_STRING)
+    monitoring = proto.message_type.add(name="MonitoringConfig")
+    monitoring.field.add(name="prometheus_config", number=1, label=_f.LABEL_OPTIONAL, type=_f.TYPE_MESSAGE,
+                         type_name=".tensorflow.serving.PrometheusConfig")
+    _POOL.Add(proto)
+    return tuple(message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"tensorflow.serving.{name}"))
+                 for name in ("SSLConfig", "MonitoringConfig"))
 
 
 def _batching_parameters_class():
@@ -69,7 +124,7 @@ def _batching_parameters_class():
         name="radflow/session_bundle_config.proto", package="tensorflow.serving", syntax="proto3",
         dependency=["google/protobuf/wrappers.proto"])
     msg = proto.message_type.add(name="BatchingParameters")
-    f = descriptor_pb2.FieldDescriptorProto
+    f = _f
     for number, (name, wrapper) in enumerate([
         ("max_batch_size", "Int64Value"), ("batch_timeout_micros", "Int64Value"),
         ("max_enqueued_batches", "Int64Value"), ("num_batch_threads", "Int64Value"),
@@ -88,6 +143,48 @@ def _batching_parameters_class():
 
 
 BatchingParameters = _batching_parameters_class()
+SSLConfig, MonitoringConfig = _ssl_and_monitoring_classes()
+
+
+def parse_ssl_config(text: str) -> TlsConfig:
+    """Reads an SSLConfig text proto (--ssl_config_file).
+
+    Raises:
+        ValueError: it does not parse, or lacks server_key or server_cert.
+    """
+    try:
+        config = text_format.Parse(text, SSLConfig())
+    except text_format.ParseError as err:
+        raise ValueError(f"ssl config: {err}") from err
+    for name in ("server_key", "server_cert"):
+        if not getattr(config, name).strip():
+            raise ValueError(f"ssl config: {name} is empty (it holds the PEM text itself, not a path)")
+    if config.client_verify and not config.custom_ca.strip():
+        raise ValueError("ssl config: client_verify needs custom_ca, the CA that signs client certificates")
+    return TlsConfig(config.server_key.encode(), config.server_cert.encode(),
+                     config.custom_ca.encode() if config.custom_ca.strip() else None, config.client_verify)
+
+
+def parse_monitoring_config(text: str) -> str | None:
+    """Reads a MonitoringConfig text proto (--monitoring_config_file).
+
+    Returns:
+        The path to serve Prometheus metrics at (TF Serving's default path when unset), or None when
+        prometheus_config is not enabled.
+
+    Raises:
+        ValueError: it does not parse, or the path does not start with "/".
+    """
+    try:
+        config = text_format.Parse(text, MonitoringConfig())
+    except text_format.ParseError as err:
+        raise ValueError(f"monitoring config: {err}") from err
+    if not config.prometheus_config.enable:
+        return None
+    path = config.prometheus_config.path or DEFAULT_PATH
+    if not path.startswith("/"):
+        raise ValueError(f"monitoring config: prometheus_config.path must start with '/', got {path!r}")
+    return path
 
 
 def parse_batching_parameters(text: str) -> BatchingOptions:
@@ -148,3 +245,11 @@ def read_model_config_file(path: str) -> list[model_server_config_pb2.ModelConfi
 
 def read_batching_parameters_file(path: str) -> BatchingOptions:
     return parse_batching_parameters(fileio.read_text(path))
+
+
+def read_ssl_config_file(path: str) -> TlsConfig:
+    return parse_ssl_config(fileio.read_text(path))
+
+
+def read_monitoring_config_file(path: str) -> str | None:
+    return parse_monitoring_config(fileio.read_text(path))

@@ -7,6 +7,8 @@ codes onto HTTP statuses exactly as tensorflow_model_server's http_server.cc doe
 
 from __future__ import annotations
 
+import re
+
 import grpc
 import tensorflow as tf
 
@@ -40,12 +42,15 @@ class ServingError(Exception):
     Args:
         code: the gRPC status code.
         message: what went wrong, phrased for the caller.
+        reason: for a request refused before it ran, why (the `reason` label of the refused-requests
+            metric, e.g. "batch_too_large"); empty otherwise.
     """
 
-    def __init__(self, code: grpc.StatusCode, message: str):
+    def __init__(self, code: grpc.StatusCode, message: str, reason: str = ""):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.reason = reason
 
     @property
     def http_status(self) -> int:
@@ -57,12 +62,22 @@ class ServingError(Exception):
         if isinstance(err, ServingError):
             return err
         if isinstance(err, tf.errors.OpError):
-            return cls(_BY_VALUE.get(err.error_code, grpc.StatusCode.UNKNOWN), err.message)
+            return cls(_BY_VALUE.get(err.error_code, grpc.StatusCode.UNKNOWN), op_error_message(err.message))
         return cls(grpc.StatusCode.UNKNOWN, f"{type(err).__name__}: {err}")
 
 
-def invalid(message: str) -> ServingError:
-    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
+def op_error_message(message: str) -> str:
+    """A TensorFlow op error without its graph trace: "Graph execution error", the "Detected at node"
+    stack and the {{node ...}} markers say where in the graph it failed, not what was wrong."""
+    lines = [line.strip() for line in message.splitlines()]
+    noise = ("Graph execution error", "Detected at node", "<stack traces", "File ", "[[")
+    kept = [line for line in lines if line and not line.startswith(noise)]
+    text = re.sub(r"\s*\[\[\{\{node [^}]*\}\}\]\]|\s*\{\{[^}]*\}\}|\s*\[Op:[^\]]*\]", "", " ".join(kept)).strip()
+    return text or message.strip()
+
+
+def invalid(message: str, reason: str = "") -> ServingError:
+    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message, reason)
 
 
 def not_found(message: str) -> ServingError:

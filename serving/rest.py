@@ -3,35 +3,52 @@
     GET  /v1/models/{name}[/versions/{v}|/labels/{l}]            model status
     GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata   signature defs
     POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict    {"instances": [...]} or {"inputs": ...}
+    GET  <MonitoringConfig path>  Prometheus metrics (with --monitoring_config_file)
     GET  /readyz   200 once every model has an AVAILABLE version, else 503 (TF Serving has no such endpoint)
     GET  /healthz  200 while the process serves
 
 Binary values travel as {"b64": "..."}; string outputs whose name ends in "_bytes" come back the
-same way. Errors are {"error": "..."} with TF Serving's HTTP status for the gRPC code.
+same way. Errors are {"error": "..."} with TF Serving's HTTP status for the gRPC code, for every
+method and path: TF Serving answers other methods on /v1/ with 400 "Malformed request". A
+predict response names the version that answered in an `X-Model-Version` header (TF Serving's
+JSON has no place for it).
+
+The HTTP layer is aiohttp: one event loop reads requests (headers, bodies, chunked or not), so a
+slow or stalled client holds a coroutine and its buffer, never a worker thread; the model runs in
+a bounded pool of `num_threads` threads (--rest_api_num_threads). A connection that sends no
+complete request within `timeout` seconds is closed, and a body not received within it gets 408;
+a request that does not finish within it gets 504 (--rest_api_timeout_in_ms). The listen backlog
+is `backlog`, keep-alive is on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 import logging
 import re
-import socket
+import ssl
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import numpy as np
 import tensorflow as tf
+from aiohttp import web
 from google.protobuf import json_format
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 
 from radflow.serving.errors import ServingError, invalid
-from radflow.serving.grpc_service import SIGNATURE_DEF_FIELD, model_metadata
+from radflow.serving.flags import VERSION_HEADER
+from radflow.serving.grpc_service import SIGNATURE_DEF_FIELD, model_metadata, observed, run_predict
+from radflow.serving.limits import RequestGate, check_rows
 from radflow.serving.manager import ModelManager
+from radflow.serving.metrics import CONTENT_TYPE, ServingMetrics
 from radflow.serving.request_log import RequestLogger
 
 log = logging.getLogger(__name__)
@@ -39,6 +56,10 @@ log = logging.getLogger(__name__)
 _SPEC = r"/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?"
 PREDICT_PATH = re.compile(_SPEC + r":(classify|regress|predict)", re.IGNORECASE)
 STATUS_PATH = re.compile(_SPEC + r"(/metadata)?", re.IGNORECASE)
+API_PATH = re.compile(r"/v1/.*", re.IGNORECASE)  # TF Serving's kHTTPRestApiHandlerPathRegex
+INT64_MAX = 2**63 - 1
+CORS_HEADERS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "POST, GET",
+                "Access-Control-Allow-Headers": "Content-Type"}  # TF Serving's AddCORSHeaders
 
 
 # -- JSON <-> tensors -------------------------------------------------------------------------------
@@ -98,11 +119,17 @@ def _named(value: Any) -> bool:
     return isinstance(value, dict) and set(value) != {"b64"}
 
 
-def parse_predict_body(body: dict, inputs_info) -> tuple[dict[str, np.ndarray], bool]:
+def parse_predict_body(body: dict, inputs_info, gate: RequestGate | None = None) -> tuple[dict[str, np.ndarray], bool]:
     """A :predict body -> input arrays, and whether it was the row ("instances") format.
 
+    Args:
+        body: the parsed JSON.
+        inputs_info: the signature's inputs.
+        gate: when given, the batch is checked against its limits before any array is built.
+
     Raises:
-        ServingError: INVALID_ARGUMENT for a body in neither or both formats, or unfit values.
+        ServingError: INVALID_ARGUMENT for a body in neither or both formats, a batch out of
+            bounds, or unfit values.
     """
     keys = list(inputs_info)
     if ("instances" in body) == ("inputs" in body):
@@ -111,6 +138,8 @@ def parse_predict_body(body: dict, inputs_info) -> tuple[dict[str, np.ndarray], 
         instances = body["instances"]
         if not isinstance(instances, list) or not instances:
             raise invalid('"instances" must be a non-empty list')
+        if gate is not None:
+            check_rows("instances", len(instances), gate.limits)
         named = [_named(i) for i in instances]
         if any(named) and not all(named):
             raise invalid("instances must all be objects of named inputs, or all bare values")
@@ -136,6 +165,10 @@ def parse_predict_body(body: dict, inputs_info) -> tuple[dict[str, np.ndarray], 
     unknown = set(inputs) - set(keys)
     if unknown:
         raise invalid(f"inputs not in the signature: {sorted(unknown)}")
+    if gate is not None:
+        for k, v in inputs.items():
+            if isinstance(v, list) and inputs_info[k].tensor_shape.dim:
+                check_rows(k, len(v), gate.limits)
     return {k: json_to_array(v, inputs_info[k].dtype, k) for k, v in inputs.items()}, False
 
 
@@ -173,142 +206,234 @@ def outputs_to_json(outputs: dict[str, np.ndarray], row_format: bool) -> dict:
 # -- HTTP -------------------------------------------------------------------------------------------
 
 
-class RestServer(ThreadingHTTPServer):
-    """The HTTP server. `close` lets requests in flight finish: idle keep-alive connections are
-    shut for reading, so their threads end, and request threads are joined."""
+@dataclass(frozen=True)
+class RestOptions:
+    """The HTTP layer's settings; TF Serving's defaults where it has the flag."""
 
-    daemon_threads = False
-    block_on_close = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], manager: ModelManager, max_body_bytes: int,
-                 request_log: RequestLogger | None = None):
-        super().__init__(address, _Handler)
-        self.manager = manager
-        self.max_body_bytes = max_body_bytes
-        self.request_log = request_log
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-
-    def close(self) -> None:
-        """Stops accepting, ends idle connections, and waits for requests in flight."""
-        self.shutdown()
-        with self.connections_lock:
-            for conn in self.connections:
-                try:
-                    conn.shutdown(socket.SHUT_RD)
-                except OSError:
-                    pass  # already closed by the client
-        self.server_close()
+    num_threads: int = 8  # --rest_api_num_threads: requests run by the model at once
+    timeout_seconds: float = 30.0  # --rest_api_timeout_in_ms: reading a request, and answering it
+    max_body_bytes: int = 64 * 2**20  # larger bodies get 413
+    backlog: int = 1024  # listen backlog: connections the kernel queues before the server accepts them
+    cors: bool = False  # --rest_api_enable_cors_support
+    metrics_path: str | None = None  # serve Prometheus text here (MonitoringConfig), None: no metrics
+    shutdown_grace_seconds: float = 10.0  # requests in flight get this long on close
 
 
 def _spec(match: re.Match) -> model_pb2.ModelSpec:
     spec = model_pb2.ModelSpec(name=match.group(1))
     if match.group(2):
-        spec.version.value = int(match.group(2))
+        version = int(match.group(2))
+        if version > INT64_MAX:  # TF Serving's SimpleAtoi into int64
+            raise invalid(f"Failed to convert version: {match.group(2)} to numeric.")
+        spec.version.value = version
     elif match.group(3):
         spec.version_label = match.group(3)
     return spec
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as TF Serving's HTTP server
-    disable_nagle_algorithm = True  # headers and body go out in two writes: without this, delayed ACKs add ~40 ms
-    server: RestServer
+@dataclass
+class _Reply:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] | None = None
 
-    def setup(self) -> None:
-        super().setup()
-        with self.server.connections_lock:
-            self.server.connections.add(self.connection)
 
-    def finish(self) -> None:
-        with self.server.connections_lock:
-            self.server.connections.discard(self.connection)
-        super().finish()
+def _json_reply(status: int, body: dict, headers: dict[str, str] | None = None) -> _Reply:
+    return _Reply(status, json.dumps(body).encode(), headers=headers)
 
-    def log_message(self, format: str, *args) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
 
-    def _reply(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+def _error_reply(err: Exception) -> _Reply:
+    error = ServingError.from_exception(err)
+    if error.code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
+        log.error("REST request failed: %s", error.message, exc_info=err)
+    return _json_reply(error.http_status, {"error": error.message})
 
-    def _fail(self, err: Exception) -> None:
-        error = ServingError.from_exception(err)
-        if error.code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
-            log.error("REST request failed: %s", error.message, exc_info=err)
-        self._reply(error.http_status, {"error": error.message})
 
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        manager = self.server.manager
-        try:
-            if path == "/healthz":
-                self._reply(200, {"status": "SERVING"})
-            elif path == "/readyz":
-                ready = manager.ready()
-                self._reply(200 if ready else 503, {"ready": ready, "models": {
-                    name: manager.model_ready(name) for name in manager.model_names}})
-            elif match := STATUS_PATH.fullmatch(path):
-                spec = _spec(match)
-                if match.group(4):
-                    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=[SIGNATURE_DEF_FIELD])
-                    request.model_spec.CopyFrom(spec)
-                    response = model_metadata(manager, request)
-                    defs = get_model_metadata_pb2.SignatureDefMap()
-                    response.metadata[SIGNATURE_DEF_FIELD].Unpack(defs)
-                    self._reply(200, {
-                        "model_spec": json_format.MessageToDict(response.model_spec, preserving_proto_field_name=True,
-                                                                including_default_value_fields=True),
-                        # Defaults printed, as TF Serving prints them ("unknown_rank": false, empty maps).
-                        "metadata": {SIGNATURE_DEF_FIELD: json_format.MessageToDict(
-                            defs, preserving_proto_field_name=True, including_default_value_fields=True)},
-                    })
-                else:
-                    self._reply(200, json_format.MessageToDict(manager.status(spec), preserving_proto_field_name=True,
-                                                               including_default_value_fields=True))
-            else:
-                raise invalid(f"Malformed request: GET {path}")
-        except Exception as err:  # every failure becomes an {"error": ...} body
-            self._fail(err)
+class RestServer:
+    """TF Serving's REST API on aiohttp, in a thread of its own.
 
-    def do_POST(self) -> None:
-        path = self.path.split("?", 1)[0]
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0 or length > self.server.max_body_bytes:
-            self.close_connection = True  # the body is not read; the connection cannot be reused
-            self._reply(413, {"error": f"request body of {length} bytes is over the limit of "
-                              f"{self.server.max_body_bytes} bytes"})
-            return
-        raw = self.rfile.read(length)
-        try:
-            match = PREDICT_PATH.fullmatch(path)
-            if not match:
-                raise invalid(f"Malformed request: POST {path}")
-            if match.group(4).lower() != "predict":
-                raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
-                                   f":{match.group(4)} is not served over REST by radflow serve; use gRPC")
+    Args:
+        address: (host, port); port 0 lets the OS pick one (read `port` after `start`).
+        manager: the models.
+        gate: the request limits shared with gRPC.
+        options: threads, timeouts, limits, CORS, the metrics path.
+        request_log: samples predict requests, or None.
+        metrics: request metrics (also served at `options.metrics_path`), or None.
+        ssl_context: serve HTTPS with this context, or None.
+    """
+
+    def __init__(self, address: tuple[str, int], manager: ModelManager, gate: RequestGate, options: RestOptions,
+                 request_log: RequestLogger | None = None, metrics: ServingMetrics | None = None,
+                 ssl_context: ssl.SSLContext | None = None):
+        self._address, self.manager, self.gate, self.options = address, manager, gate, options
+        self.request_log, self.metrics, self._ssl = request_log, metrics, ssl_context
+        self._executor = ThreadPoolExecutor(options.num_threads, thread_name_prefix="rest")
+        self._loop = asyncio.new_event_loop()
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    def start(self) -> None:
+        """Binds and starts serving in the background.
+
+        Raises:
+            OSError: the port cannot be bound.
+        """
+        started: dict[str, Any] = {}
+        ready = threading.Event()
+
+        def run():
+            asyncio.set_event_loop(self._loop)
             try:
-                body = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                raise invalid(f"JSON Parse error: {err}") from err
-            if not isinstance(body, dict):
-                raise invalid("JSON body must be an object")
-            spec = _spec(match)
-            with self.server.manager.servable(spec) as servable:
-                signature, sig = servable.signature(body.get("signature_name", ""))
-                inputs, row_format = parse_predict_body(body, sig.inputs)
-                _, outputs = servable.predict(signature, inputs)
-            reply = outputs_to_json(outputs, row_format)
-            if self.server.request_log:
-                self.server.request_log.log_predict(servable.name, servable.version, signature, inputs, outputs)
-            self._reply(200, reply)
+                self._loop.run_until_complete(self._setup())
+            except Exception as err:  # handed to start(), which raises it in the caller's thread
+                started["error"] = err
+                ready.set()
+                return
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="rest", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if "error" in started:
+            raise started["error"]
+
+    async def _setup(self) -> None:
+        o = self.options
+        app = web.Application(client_max_size=o.max_body_bytes)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, keepalive_timeout=o.timeout_seconds,
+                                     shutdown_timeout=o.shutdown_grace_seconds)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._address[0], self._address[1], backlog=o.backlog,
+                           ssl_context=self._ssl, reuse_address=True)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+
+    def close(self) -> None:
+        """Stops accepting, lets requests in flight finish (up to the grace period), ends the thread."""
+        if self._thread is None:
+            return
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(
+                self.options.shutdown_grace_seconds + 10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._executor.shutdown(wait=True)
+        self._loop.close()
+        self._thread = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        try:
+            raw = await asyncio.wait_for(request.read(), self.options.timeout_seconds)
+        except TimeoutError:
+            reply = _json_reply(408, {"error": f"request body not received within {self.options.timeout_seconds:g} s"})
+            return self._response(reply, close=True)
+        except web.HTTPRequestEntityTooLarge:
+            reply = _json_reply(413, {"error": f"request body is over the limit of {self.options.max_body_bytes} "
+                                      "bytes"})
+            return self._response(reply, close=True)
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(self._executor, self._dispatch, request.method, request.path,
+                                    request.headers.get("Origin", ""), raw)
+        try:
+            reply = await asyncio.wait_for(asyncio.shield(work), self.options.timeout_seconds)
+        except TimeoutError:
+            reply = _json_reply(504, {"error": f"request not answered within {self.options.timeout_seconds:g} s "
+                                      "(--rest_api_timeout_in_ms)"})
+        return self._response(reply)
+
+    def _response(self, reply: _Reply, close: bool = False) -> web.Response:
+        headers = dict(reply.headers or {})
+        if self.options.cors:
+            headers.update(CORS_HEADERS)
+        if close:
+            headers["Connection"] = "close"
+        return web.Response(status=reply.status, body=reply.body, content_type=reply.content_type.split(";")[0],
+                            charset="utf-8" if "charset" in reply.content_type else None, headers=headers)
+
+    # -- handlers, run in the worker pool ---------------------------------------------------------
+
+    def _dispatch(self, method: str, path: str, origin: str, raw: bytes) -> _Reply:
+        try:
+            if method == "GET" and self.options.metrics_path and path == self.options.metrics_path:
+                return _Reply(200, self.metrics.exposition(), CONTENT_TYPE)
+            if method == "GET" and path == "/healthz":
+                return _json_reply(200, {"status": "SERVING"})
+            if method == "GET" and path == "/readyz":
+                ready = self.manager.ready()
+                return _json_reply(200 if ready else 503, {"ready": ready, "models": {
+                    name: self.manager.model_ready(name) for name in self.manager.model_names}})
+            if method == "OPTIONS":  # CORS preflight, as TF Serving answers it
+                if re.match(r"https?://", origin):
+                    return _json_reply(200, {})
+                raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, "Origin header is missing in CORS preflight")
+            if method == "POST" and (match := PREDICT_PATH.fullmatch(path)):
+                return self._post(match, raw)
+            if method == "GET" and (match := STATUS_PATH.fullmatch(path)):
+                return self._get(match)
+            if API_PATH.fullmatch(path):
+                raise invalid(f"Malformed request: {method} {path}")
+            return _json_reply(404, {"error": f"no such path: {method} {path}"})
         except Exception as err:  # every failure becomes an {"error": ...} body
-            self._fail(err)
+            return _error_reply(err)
+
+    def _get(self, match: re.Match) -> _Reply:
+        spec = _spec(match)
+        if match.group(4):
+            request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=[SIGNATURE_DEF_FIELD])
+            request.model_spec.CopyFrom(spec)
+            response = model_metadata(self.manager, request)
+            defs = get_model_metadata_pb2.SignatureDefMap()
+            response.metadata[SIGNATURE_DEF_FIELD].Unpack(defs)
+            return _json_reply(200, {
+                "model_spec": json_format.MessageToDict(response.model_spec, preserving_proto_field_name=True,
+                                                        including_default_value_fields=True),
+                # Defaults printed, as TF Serving prints them ("unknown_rank": false, empty maps).
+                "metadata": {SIGNATURE_DEF_FIELD: json_format.MessageToDict(
+                    defs, preserving_proto_field_name=True, including_default_value_fields=True)},
+            })
+        return _json_reply(200, json_format.MessageToDict(self.manager.status(spec), preserving_proto_field_name=True,
+                                                          including_default_value_fields=True))
+
+    def _post(self, match: re.Match, raw: bytes) -> _Reply:
+        method = match.group(4).lower()
+        model = match.group(1)
+        reply = None
+        try:
+            with observed(self.metrics, model, method, "REST") as seen:
+                seen.request_bytes = len(raw)
+                if method != "predict":
+                    raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
+                                       f":{method} is not served over REST by radflow serve; use gRPC")
+                spec = _spec(match)
+                try:
+                    body = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                    raise invalid(f"JSON Parse error: {err}") from err
+                except RecursionError as err:
+                    raise invalid("JSON Parse error: the document is nested too deeply") from err
+                if not isinstance(body, dict):
+                    raise invalid("JSON body must be an object")
+                row_format = []
+
+                def make_inputs(sig):
+                    try:
+                        inputs, rows = parse_predict_body(body, sig.inputs, self.gate)
+                    except RecursionError as err:
+                        raise invalid("values are nested deeper than any signature input") from err
+                    row_format.append(rows)
+                    return inputs
+
+                answer = run_predict(self.manager, self.gate, spec, body.get("signature_name", ""), make_inputs,
+                                     metrics=self.metrics)
+                reply = _json_reply(200, outputs_to_json(answer.outputs, row_format[0]),
+                                    {VERSION_HEADER: str(answer.version)})
+                seen.response_bytes = len(reply.body)
+        except Exception as err:  # every failure becomes an {"error": ...} body
+            return _error_reply(err)
+        if self.request_log:
+            self.request_log.log_predict(answer.model, answer.version, answer.signature, answer.inputs, answer.outputs)
+        return reply

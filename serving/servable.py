@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import uuid
 
 import grpc
 import numpy as np
@@ -31,14 +32,37 @@ PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")  # TF Serving's warmup location
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+# What the loader reads from a version directory; assets.extra (warmup), lineage and anything
+# else stay where they are.
+LOADED_PARTS = SAVED_MODEL_FILES + ("fingerprint.pb", "variables", "assets")
+ASSETS_DIR = "assets"
+MEMORY_ROOT = "ram://radflow-serving"  # TensorFlow's in-memory file system
 
 
-def read_signature_defs(path: str) -> dict[str, meta_graph_pb2.SignatureDef]:
-    """The SignatureDefs of the 'serve' meta graph of the SavedModel at `path`.
+def _copy_tree(src: str, dst: str) -> None:
+    tf.io.gfile.makedirs(dst)
+    for name in tf.io.gfile.listdir(src):
+        name = name.rstrip("/")
+        source, target = os.path.join(src, name), os.path.join(dst, name)
+        if tf.io.gfile.isdir(source):
+            _copy_tree(source, target)
+        else:
+            tf.io.gfile.copy(source, target, overwrite=True)
+
+
+def _remove(path: str) -> None:
+    if tf.io.gfile.isdir(path):
+        tf.io.gfile.rmtree(path)
+    elif tf.io.gfile.exists(path):
+        tf.io.gfile.remove(path)
+
+
+def read_signature_defs(path: str, tags: tuple[str, ...] = (SERVE_TAG,)) -> dict[str, meta_graph_pb2.SignatureDef]:
+    """The SignatureDefs of the meta graph tagged exactly `tags` of the SavedModel at `path`.
 
     Raises:
         ServingError: NOT_FOUND without a saved_model.pb(txt); DATA_LOSS if it does not parse;
-            FAILED_PRECONDITION without a 'serve' meta graph.
+            FAILED_PRECONDITION without a meta graph of those tags.
     """
     saved = saved_model_pb2.SavedModel()
     pb, pbtxt = (os.path.join(path, name) for name in SAVED_MODEL_FILES)
@@ -52,9 +76,9 @@ def read_signature_defs(path: str) -> dict[str, meta_graph_pb2.SignatureDef]:
     except (message.DecodeError, text_format.ParseError) as err:
         raise ServingError(grpc.StatusCode.DATA_LOSS, f"unreadable SavedModel in {path}: {err}") from err
     for meta_graph in saved.meta_graphs:
-        if SERVE_TAG in meta_graph.meta_info_def.tags:
+        if set(meta_graph.meta_info_def.tags) == set(tags):
             return dict(meta_graph.signature_def)
-    raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, f"no meta graph tagged '{SERVE_TAG}' in {path}")
+    raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, f"no meta graph tagged {sorted(tags)} in {path}")
 
 
 def _dtype_name(dtype: int) -> str:
@@ -100,17 +124,34 @@ def check_inputs(name: str, sig: meta_graph_pb2.SignatureDef, inputs: Tensors) -
 class Servable:
     """A SavedModel version, ready to answer predict and classify requests.
 
+    The version is loaded from a copy in TensorFlow's in-memory file system, and only its assets
+    are kept there afterwards: a graph that reads an asset per request (the export reads
+    assets/threshold.txt in every call) then reads memory, not the version directory, which under
+    gs:// would be one object-store read per request. Storage is read once per loaded version.
+
     Args:
         name: the model name.
         version: the version number (its directory name).
         path: the version directory.
         batching: batch concurrent calls to batchable signatures with these options; None: no batching.
+        tags: the meta graph to load (--saved_model_tags).
     """
 
-    def __init__(self, name: str, version: int, path: str, batching: BatchingOptions | None = None):
+    def __init__(self, name: str, version: int, path: str, batching: BatchingOptions | None = None,
+                 tags: tuple[str, ...] = (SERVE_TAG,)):
         self.name, self.version, self.path = name, version, path
-        self.signature_defs = read_signature_defs(path)
-        self._functions = tf.saved_model.load(path, tags=[SERVE_TAG]).signatures
+        self.signature_defs = read_signature_defs(path, tags)
+        self._memory = f"{MEMORY_ROOT}/{uuid.uuid4().hex}/{version}"
+        try:
+            for part in LOADED_PARTS:
+                if tf.io.gfile.exists(os.path.join(path, part)):
+                    source, target = os.path.join(path, part), os.path.join(self._memory, part)
+                    _copy_tree(source, target) if tf.io.gfile.isdir(source) else tf.io.gfile.copy(source, target)
+            self._functions = tf.saved_model.load(self._memory, tags=list(tags)).signatures
+        finally:
+            for part in LOADED_PARTS:
+                if part != ASSETS_DIR:
+                    _remove(os.path.join(self._memory, part))
         self._batching = batching
         self._batchers: dict[str, Batcher] = {}
         self._lock = threading.Lock()
@@ -165,8 +206,11 @@ class Servable:
                 row.classes.add(label=label, score=float(scores[i][j]) if scores is not None else 0.0)
         return result
 
-    def warmup(self) -> int:
+    def warmup(self, iterations: int = 1) -> int:
         """Replays assets.extra/tf_serving_warmup_requests, as TF Serving does before AVAILABLE.
+
+        Args:
+            iterations: times each record is replayed (--num_request_iterations_for_warmup).
 
         Returns:
             The number of requests replayed (0 without a warmup file).
@@ -181,25 +225,28 @@ class Servable:
         for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
             entry = prediction_log_pb2.PredictionLog.FromString(record)
             kind = entry.WhichOneof("log_type")
-            if kind == "predict_log":
-                request = entry.predict_log.request
-                self.predict(request.model_spec.signature_name, tensors_from_protos(request.inputs),
-                             list(request.output_filter))
-            elif kind == "classify_log":
-                request = entry.classify_log.request
-                self.classify(request.model_spec.signature_name,
-                              [e.SerializeToString() for e in request.input.example_list.examples])
-            else:
-                raise invalid(f"warmup request {n} is a {kind}, which radflow serve does not replay")
-            n += 1
+            for _ in range(max(1, iterations)):
+                if kind == "predict_log":
+                    request = entry.predict_log.request
+                    self.predict(request.model_spec.signature_name, tensors_from_protos(request.inputs),
+                                 list(request.output_filter))
+                elif kind == "classify_log":
+                    request = entry.classify_log.request
+                    self.classify(request.model_spec.signature_name,
+                                  [e.SerializeToString() for e in request.input.example_list.examples])
+                else:
+                    raise invalid(f"warmup request {n} is a {kind}, which radflow serve does not replay")
+                n += 1
         return n
 
     def close(self) -> None:
-        """Drains and stops the batch threads; the model is freed with the last reference."""
+        """Drains and stops the batch threads and drops the in-memory assets; the model is freed
+        with the last reference."""
         with self._lock:
             batchers, self._batchers = list(self._batchers.values()), {}
         for b in batchers:
             b.close()
+        _remove(self._memory)
 
     def _batcher(self, name: str, sig: meta_graph_pb2.SignatureDef) -> Batcher | None:
         if self._batching is None or not _batchable(sig):

@@ -229,6 +229,28 @@ def test_a_server_error_is_a_502_and_an_oversized_upload_a_413(served, xray):
         assert reply.status_code == 413
 
 
+def test_uploads_ingest_would_not_admit_get_a_400_with_the_reason_before_any_decode(served):
+    import io
+
+    from PIL import Image
+
+    server, base = served
+
+    def png(image) -> bytes:
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return buf.getvalue()
+
+    config = ReviewConfig(server=f"127.0.0.1:{server.grpc_port}", model_base_path=base, port=0)
+    with ReviewServer(config) as page:
+        for data, reason in ((png(Image.new("L", (12000, 12000))), "pixels"),  # 3.6 GiB when the page decoded it
+                             (png(Image.new("L", (1, 1), 200)), "at least 32 px"),
+                             (png(Image.new("L", (64, 64))), "constant")):
+            reply = requests.post(page.url + "api/review", data=data, timeout=60)
+            assert reply.status_code == 400 and reply.headers["Content-Type"].startswith("application/json")
+            assert reason in reply.json()["error"], reply.json()
+
+
 def test_the_heat_map_is_grad_cam_of_the_served_versions_keras_model(review, served, xray):
     """Same bytes, shared preprocessing, the decided class, that version's model.keras."""
     _, base = served

@@ -93,8 +93,8 @@ def test_predict_png_and_dicom_over_grpc_and_rest_then_graceful_sigterm(server, 
     for line, path in zip(grpc_lines, (png_path, dcm_path), strict=True):
         assert line.startswith(f"{path}: class ") and "decision at threshold 0.500: " in line
         assert "NORMAL=" in line and "PNEUMONIA=" in line and line.endswith("[version 1]")
-    # Same scores over both protocols (REST does not name the version).
-    assert [g.rsplit(" [", 1)[0] for g in grpc_lines] == rest_lines
+    # Same scores and the same answering version over both protocols (REST names it in X-Model-Version).
+    assert grpc_lines == rest_lines
 
     assert main(["predict", str(png_path), "--server", f"127.0.0.1:{grpc_port}", "--version", "5"]) == 1
     assert "NOT_FOUND" in capsys.readouterr().err

@@ -8,18 +8,24 @@ images recorded by evaluate together with the scores it saw; the checks are the 
 output shapes, finite probabilities, the scores matching evaluate's, the served threshold, and
 the latency of one-image requests.
 
-    python -m radflow.components.push.infra_validation SAVED_MODEL CANARY_JSON RESULT_JSON
+The child writes nothing to disk: the canary (real test images: patient data) reaches it on stdin
+and its verdict comes back on stdout. It dies with its parent: on Linux it asks the kernel for
+SIGKILL when the parent exits (PR_SET_PDEATHSIG) before it imports TensorFlow, so a push killed
+with SIGKILL leaves no process and no file behind.
+
+    python -m radflow.components.push.infra_validation SAVED_MODEL PARENT_PID CONFIG_JSON < CANARY_JSON
 """
 
 from __future__ import annotations
 
 import base64
+import ctypes
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -105,6 +111,9 @@ def check_servable(saved_model_dir: str, canary: dict, config: PushConfig) -> In
     return InfraValidation(not problems, problems, latency)
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
 def infra_validate(saved_model_dir: str, canary: dict, config: PushConfig = PushConfig()) -> InfraValidation:
     """Runs `check_servable` in a fresh Python process and returns its verdict.
 
@@ -116,33 +125,42 @@ def infra_validate(saved_model_dir: str, canary: dict, config: PushConfig = Push
     Returns:
         The verdict; a crash or timeout of the subprocess is a failed validation with its reason.
     """
-    with tempfile.TemporaryDirectory() as tmp:
-        canary_path, result_path = os.path.join(tmp, "canary.json"), os.path.join(tmp, "result.json")
-        with open(canary_path, "w") as f:
-            json.dump(canary, f)
-        command = [sys.executable, "-m", __name__, saved_model_dir, canary_path, result_path,
-                   json.dumps(asdict(config))]
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=config.infra_timeout_s, env=env)
-        except subprocess.TimeoutExpired:
-            return InfraValidation(False, [f"loading and serving took longer than {config.infra_timeout_s} s"])
-        if done.returncode != 0 or not os.path.exists(result_path):
-            tail = " ".join(done.stderr.strip().splitlines()[-3:])[-500:]
-            return InfraValidation(False, [f"the serving process exited with code {done.returncode}: {tail}"])
-        with open(result_path) as f:
-            result = InfraValidation(**json.load(f))
+    command = [sys.executable, "-m", __name__, saved_model_dir, str(os.getpid()), json.dumps(asdict(config))]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    try:
+        done = subprocess.run(command, input=json.dumps(canary), capture_output=True, text=True,
+                              timeout=config.infra_timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        return InfraValidation(False, [f"loading and serving took longer than {config.infra_timeout_s} s"])
+    try:
+        result = InfraValidation(**json.loads(done.stdout)) if done.returncode == 0 else None
+    except (ValueError, TypeError):
+        result = None
+    if result is None:
+        tail = " ".join(done.stderr.strip().splitlines()[-3:])[-500:]
+        return InfraValidation(False, [f"the serving process exited with code {done.returncode}: {tail}"])
     log.info("infra validation of %s: %s (latency %s)", saved_model_dir, result.reason, result.latency_ms)
     return result
 
 
+def _die_with_parent(parent: int) -> None:
+    """Asks Linux to SIGKILL this process when its parent exits; exits now if it already has."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
-    saved_model_dir, canary_path, result_path, config_json = argv if argv is not None else sys.argv[1:]
-    with open(canary_path) as f:
-        canary = json.load(f)
+    saved_model_dir, parent, config_json = argv if argv is not None else sys.argv[1:]
+    _die_with_parent(int(parent))
+    canary = json.load(sys.stdin)
+    # The verdict goes to the real stdout; anything else printed (TensorFlow) goes to stderr.
+    verdict = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
     result = check_servable(saved_model_dir, canary, PushConfig(**json.loads(config_json)))
-    with open(result_path, "w") as f:
-        json.dump(asdict(result), f)
+    json.dump(asdict(result), verdict)
+    verdict.close()
     return 0
 
 

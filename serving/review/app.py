@@ -42,6 +42,7 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from radflow import dicom, fileio
+from radflow.admission import AdmissionRules, Refused, admit
 from radflow.components.push.layout import LINEAGE_DIR, read_lineage, version_path
 from radflow.components.train.train import KERAS_MODEL_FILE
 from radflow.explain import grad_cam, overlay
@@ -204,6 +205,10 @@ class Reviewer:
             ReviewError: 400 for a file that is not an image, 502/503 when the server fails or is unreachable.
         """
         image_bytes, kind = served_bytes(data)
+        try:  # the server's own rules (ingest's), before anything is decoded here
+            admit(image_bytes, AdmissionRules(max_pixels=self.config.max_pixels))
+        except Refused as err:
+            raise ReviewError(400, f"not admitted: {err.message}") from err
         pixels = decode(image_bytes)
         if self.config.save_uploads:
             self._save(data, kind)
@@ -303,6 +308,9 @@ class ReviewApp:
             response = _json({"error": "requests must be addressed to 127.0.0.1 or localhost"}, 400)
         except HTTPException as err:
             response = _json({"error": err.description}, err.code or 500)
+        except Exception as err:  # anything else (MemoryError included) is still a JSON answer, not HTML
+            log.exception("review: request failed")
+            response = _json({"error": f"the review page failed: {type(err).__name__}: {err}"}, 500)
         response.headers.update(SECURITY_HEADERS)
         return response(environ, start_response)
 

@@ -14,5 +14,8 @@ class ReviewConfig:
     save_uploads: str | None = None  # a folder to keep uploaded files in; None keeps nothing on disk
     timeout_s: float = 10.0  # per call to the model server
     max_upload_bytes: int = 64 * 2**20  # larger uploads are refused (413); the server's default message limit
+    # Pixels an upload may declare (read from its header before decoding): the page decodes at ~20
+    # bytes per pixel (RGB, float copies, Grad-CAM), so 40 MP, twice a large radiograph, costs ~0.8 GB.
+    max_pixels: int = 40_000_000
     display_size: int = 512  # longest side of the image shown on the page, in pixels
     keras_tolerance: float = 0.01  # largest score difference between model.keras and the server before a warning
