@@ -120,7 +120,8 @@ def test_runs_get_names_each_steps_state_and_the_failed_steps_message(capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("run run-f 'nightly run-f': FAILED (created 2026-01-01")
     assert out[1:4] == ["  ingest: SUCCEEDED", "  validate: SUCCEEDED",
-                        "  validation-gate: FAILED: data validation found 1 anomalies: split 'test': label_name 'OTHER'"]
+                        "  validation-gate: FAILED: data validation found 1 anomalies: split 'test': "
+                        "label_name 'OTHER'"]
     assert out[-1] == f"{kfp.server.url}/#/runs/details/run-f"
 
 
