@@ -49,8 +49,9 @@ class ClusterConfig:
     timeout_s: int = 7200  # pod deadline (activeDeadlineSeconds) of every step but train
     train_timeout_s: int = 43200  # deadline of train; a TFJob gets the same as its activeDeadlineSeconds
     retries: int = 2  # retries of the steps in retry_stages (spot/preemptible nodes can vanish mid-step)
-    # push is left out: a push killed after publishing and then retried would publish a second version
-    retry_stages: tuple[str, ...] = ("ingest", "validate", "class_balance", "train", "evaluate")
+    # Only steps whose failure can be transient: the long ingest and training (the fold tasks count as train), on
+    # spot GPU nodes. validate, validation_gate, evaluate and push are refused (cluster.NEVER_RETRIED says why).
+    retry_stages: tuple[str, ...] = ("ingest", "train")
     pvc: str = ""  # a PersistentVolumeClaim mounted into every step at pvc_mount_path; "" = data on gs:// only
     pvc_mount_path: str = "/mnt/radflow"  # where the PVC appears; point data/serving_root below it
     # a Secret holding a service-account key.json, mounted read-only; "" = Workload Identity (no key at all)

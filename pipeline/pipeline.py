@@ -1,4 +1,4 @@
-"""The radflow DAG: ingest -> validate -> class_balance -> train -> evaluate -> push.
+"""The radflow DAG: ingest -> validate -> validation_gate -> class_balance -> train -> evaluate -> push.
 
 Every step is a Python component whose body only maps artifacts to a stage function, run in
 the project's own image (`PipelineConfig.image`, built by `make image`) with nothing installed
@@ -64,6 +64,8 @@ def build_pipeline(config: PipelineConfig = PipelineConfig()) -> Callable:
         A @dsl.pipeline function: compile it, submit it, or call it under kfp.local.
     """
     c = build_components(config.image)
+    c["validation_gate"] = dsl.component(validate_component.validation_gate, base_image=config.image,
+                                         install_kfp_package=False)
     # Multi-node training: the train task launches a TFJob instead of training in its own pod.
     multi_node = config.cluster.train_workers > 1
     train_extra = {"cluster": to_dict(config.cluster), "image": config.image} if multi_node else {}
@@ -92,7 +94,9 @@ def build_pipeline(config: PipelineConfig = PipelineConfig()) -> Callable:
         examples = ingest.outputs["examples"]
         validate = c["validate"](examples=examples, config=validate_config, serving_root=serving_root,
                                  push_config=push_config)
-        balance = c["class_balance"](examples=examples, config=class_balance_config).after(validate)
+        # Validate always completes, so its reports are published; the gate then stops the run on its verdict.
+        gate = c["validation_gate"](statistics=validate.outputs["statistics"], config=validate_config)
+        balance = c["class_balance"](examples=examples, config=class_balance_config).after(gate)
         class_balance = balance.outputs["class_balance"]
         fold_tasks = {}
         if fan_out_folds:
@@ -120,8 +124,9 @@ def build_pipeline(config: PipelineConfig = PipelineConfig()) -> Callable:
         train.set_caching_options(False)
         for task in fold_tasks.values():
             task.set_caching_options(False)
-        apply_cluster_settings({"ingest": ingest, "validate": validate, "class_balance": balance, "train": train,
-                                "evaluate": evaluate, "push": push, **fold_tasks}, config.cluster, tfjob=multi_node)
+        apply_cluster_settings({"ingest": ingest, "validate": validate, "validation_gate": gate,
+                                "class_balance": balance, "train": train, "evaluate": evaluate, "push": push,
+                                **fold_tasks}, config.cluster, tfjob=multi_node)
         return Outputs(examples=examples, evaluation=evaluate.outputs["evaluation"], pushed=push.outputs["pushed"])
 
     return radflow

@@ -6,7 +6,7 @@ from radflow.pipeline.compile import compile_pipeline
 from radflow.pipeline.config import PipelineConfig, load_config
 from radflow.pipeline.pipeline import STAGES
 
-TASK_NAMES = {s.replace("_", "-") for s in STAGES}
+TASK_NAMES = {s.replace("_", "-") for s in STAGES} | {"validation-gate"}
 
 
 def _compile(tmp_path, config=PipelineConfig()):
@@ -26,7 +26,8 @@ def test_tasks_and_dependencies(tmp_path):
     assert deps == {
         "ingest": set(),
         "validate": {"ingest"},
-        "class-balance": {"ingest", "validate"},
+        "validation-gate": {"validate"},
+        "class-balance": {"ingest", "validation-gate"},
         "train": {"ingest", "class-balance"},
         "evaluate": {"ingest", "train"},
         "push": {"validate", "train", "evaluate"},
@@ -36,7 +37,7 @@ def test_tasks_and_dependencies(tmp_path):
 def test_every_step_runs_the_project_image_without_runtime_installs(tmp_path):
     spec = _compile(tmp_path, PipelineConfig(image="registry.example/radflow:9.9.9"))
     executors = spec["deploymentSpec"]["executors"]
-    assert len(executors) == 6
+    assert len(executors) == 7
     for executor in executors.values():
         container = executor["container"]
         assert container["image"] == "registry.example/radflow:9.9.9"
@@ -59,6 +60,15 @@ def test_config_becomes_parameter_defaults(tmp_path):
     assert params["train_config"]["defaultValue"]["epochs"] == 7
     assert params["evaluate_config"]["defaultValue"]["min_roc_auc"] == 0.85
     assert set(params) == {"data", "serving_root", *(f"{s}_config" for s in STAGES)}
+
+
+def test_the_validation_verdict_is_acted_on_by_the_task_after_validate(tmp_path):
+    """Validate must complete for its reports to be published on a cluster; the gate reads its verdict."""
+    tasks = _compile(tmp_path)["root"]["dag"]["tasks"]
+    gate = tasks["validation-gate"]
+    assert gate["inputs"]["artifacts"]["statistics"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "statistics", "producerTask": "validate"}
+    assert gate["inputs"]["parameters"]["config"]["componentInputParameter"] == "validate_config"
 
 
 def test_push_is_gated_by_the_blessing_artifact(tmp_path):

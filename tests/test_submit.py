@@ -11,7 +11,7 @@ from radflow.pipeline.config import PipelineConfig, to_dict
 from radflow.pipeline.k8s import NEVER_FITS, SCALING_UP, UNSCHEDULABLE, WAITING_FOR_CAPACITY, PodView, scheduling
 from radflow.pipeline.submit import RunFailed, parse_params, pod_reader, wait_for_run
 
-STAGE_TASKS = ["ingest", "validate", "class-balance", "train", "evaluate", "push"]
+STAGE_TASKS = ["ingest", "validate", "validation-gate", "class-balance", "train", "evaluate", "push"]
 
 
 def _task(name, state, message=None, pod=None):
