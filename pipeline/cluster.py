@@ -18,6 +18,24 @@ CREDENTIALS_FILE = "key.json"  # the key inside credentials_secret
 LAUNCHER_GRACE_S = 600  # a TFJob launcher's deadline beyond its job's
 
 
+def container_image(image: str, registry: str) -> str:
+    """The image reference the steps run: `registry`/`image`, or `image` alone without a registry.
+
+    Raises:
+        ValueError: both name a registry (which one is meant?), or the registry carries a tag or digest.
+    """
+    if not registry:
+        return image
+    first = image.split("/")[0]
+    if "/" in image and ("." in first or ":" in first or first == "localhost"):
+        raise ValueError(f"image {image!r} already names a registry ({first}) and cluster.registry is "
+                         f"{registry!r}: set one of them")
+    if "@" in registry or ":" in registry.split("/")[-1]:
+        raise ValueError(f"cluster.registry {registry!r}: a registry and path only, e.g. "
+                         "europe-west4-docker.pkg.dev/PROJECT/radflow (the tag is the image's)")
+    return f"{registry.rstrip('/')}/{image}"
+
+
 def parse_label(text: str) -> tuple[str, str]:
     """`key=value` -> (key, value).
 

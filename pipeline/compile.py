@@ -11,6 +11,7 @@ one KFP parses (numbers are numbers to a Struct) and the components coerce eithe
 from __future__ import annotations
 
 import dataclasses
+import logging
 import typing
 from typing import Any
 
@@ -18,8 +19,11 @@ import yaml
 from google.protobuf import json_format
 from kfp.compiler import pipeline_spec_builder
 
+from radflow.pipeline.capacity import check_capacity
 from radflow.pipeline.config import ClusterConfig, PipelineConfig, from_dict, to_dict
 from radflow.pipeline.pipeline import build_pipeline
+
+log = logging.getLogger(__name__)
 
 # Struct parameters by name: each stage's options, and the cluster settings a TFJob launcher gets as a constant.
 _STRUCTS: dict[str, type] = {
@@ -34,7 +38,13 @@ def compile_pipeline(config: PipelineConfig, out: str) -> str:
 
     The same documents, header comments and key order as kfp's compiler writes
     (kfp.compiler.pipeline_spec_builder.write_pipeline_spec_to_file), with integers restored.
+    Parallel GPU demand beyond the configured pool is logged as a warning (pipeline/capacity.py).
+
+    Raises:
+        ValueError: a config error, e.g. a train pod or a TFJob the GPU pool can never hold.
     """
+    for warning in check_capacity(config):
+        log.warning("capacity: %s", warning)
     pipeline = build_pipeline(config)
     spec = json_format.MessageToDict(pipeline.pipeline_spec)
     restore_integers(spec)

@@ -217,6 +217,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_capacity(args: argparse.Namespace) -> int:
+    from radflow.pipeline.capacity import capacity
+    from radflow.pipeline.config import load_config
+
+    config = load_config(args.config)
+    found = capacity(config, args.katib_parallel_trials)
+    c = config.cluster
+    print(f"GPU pool: {found.pool} ({c.gpu_pool_nodes} nodes x {c.gpus_per_node}); GPU serving holds up to "
+          f"{c.serving_gpus}; {found.free} left")
+    print(f"pipeline at its peak: {found.pipeline}; Katib ({args.katib_parallel_trials} parallel trials): "
+          f"{found.katib}")
+    for line in found.errors:
+        print(f"error: {line}")
+    for line in found.warnings:
+        print(f"warning: {line}")
+    return 1 if found.errors or found.warnings else 0
+
+
 def _kfp_session(args: argparse.Namespace):
     """The KFP session of the connection flags, with the KF_PIPELINES_* variables as their defaults."""
     from kfp.client import KF_PIPELINES_SA_TOKEN_ENV, KF_PIPELINES_SA_TOKEN_PATH
@@ -535,6 +553,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("serving_root", metavar="SERVING_ROOT", help="TF Serving model base directory or gs:// prefix")
     p.add_argument("--to", type=int, required=True, metavar="VERSION", help="the version to serve")
     p.add_argument("--run-id", default="rollback", help="recorded in the new version's lineage")
+
+    p = with_config(add("capacity", cmd_capacity, "check the parallel GPU demand against the GPU pool",
+                        "Adds up the GPUs the pipeline (train, its fold tasks, a TFJob's workers), a Katib search\n"
+                        "and GPU serving (cluster.serving_gpus) ask for at once, against the pool the cluster\n"
+                        "section describes (gpu_pool_nodes x gpus_per_node); exits 1 when something does not fit.\n\n"
+                        "example: radflow capacity --config gke.yaml"))
+    from radflow.pipeline.capacity import KATIB_PARALLEL_TRIALS
+
+    p.add_argument("--katib-parallel-trials", type=int, default=KATIB_PARALLEL_TRIALS,
+                   help=f"parallel trials of the Katib search (default {KATIB_PARALLEL_TRIALS}, as generated)")
 
     def with_kfp(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--host", help="KFP API endpoint, e.g. http://localhost:8080 or "

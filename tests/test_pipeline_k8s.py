@@ -49,7 +49,8 @@ def test_train_alone_requests_a_gpu_and_lands_on_the_gpu_pool(tmp_path):
 
 
 def test_gpu_count_labels_and_taints_come_from_config(tmp_path):
-    cluster = ClusterConfig(gpus=2, gpu_node_selector=("cloud.google.com/gke-accelerator=nvidia-l4", "pool=gpu"),
+    cluster = ClusterConfig(gpus=2, gpus_per_node=2,
+                            gpu_node_selector=("cloud.google.com/gke-accelerator=nvidia-l4", "pool=gpu"),
                             gpu_tolerations=("dedicated:NoSchedule",))
     spec, k8s = _compile(tmp_path, cluster)
     assert _resources(spec, "exec-train")["accelerator"]["resourceCount"] == "2"
