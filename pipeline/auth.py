@@ -114,14 +114,17 @@ def api_errors(host: str) -> Iterator[None]:
     """Turns the KFP API's refusals into RuntimeErrors that say what happened and what to do.
 
     Raises:
-        RuntimeError: from kfp_server_api.ApiException, with KFP's own message.
+        RuntimeError: from kfp_server_api.ApiException, with KFP's own message, or from a connection error.
     """
     import kfp_server_api
+    import urllib3
 
     try:
         yield
     except kfp_server_api.ApiException as err:
         raise RuntimeError(describe_api_error(err, host)) from err
+    except urllib3.exceptions.HTTPError as err:  # refused, unresolvable, TLS: kfp_server_api lets these through
+        raise RuntimeError(f"cannot reach KFP at {host}: {err}") from err
 
 
 def describe_api_error(err: Any, host: str) -> str:

@@ -1,8 +1,10 @@
-"""What a pod's status says about why it is not running, for the run waiter and the TFJob launcher.
+"""What a pod's status and events say about why it is not running, for the run waiter and the TFJob launcher.
 
 Kubernetes keeps a pod that no node can take in phase Pending with a PodScheduled=False condition
 (reason Unschedulable) and retries forever; KFP and the Training Operator both report such a step
 as still running. Reading that condition is the only way to fail fast with the scheduler's reason.
+Where a cluster autoscaler runs, its events on the pod tell a pod waiting for a node being added,
+or for room in a full pool, from one no pool can ever take (`scheduling`).
 """
 
 from __future__ import annotations

@@ -136,3 +136,13 @@ def test_schedule_lists_creates_and_deletes_in_the_profile():
         assert {tuple(r.query["namespace"]) for r in listing} == {("team-xray",)}
         assert main([*base, "--delete", "radflow-retrain"]) == 0
         assert kfp.recurring == []
+
+
+def test_an_endpoint_nobody_answers_is_one_line_not_a_traceback(capsys):
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    assert main(["runs", "list", "--host", f"http://127.0.0.1:{port}"]) == 1
+    assert f"radflow runs: error: cannot reach KFP at http://127.0.0.1:{port}" in capsys.readouterr().err
