@@ -8,10 +8,12 @@ SERVING_ROOT ?= models
 CONFIG ?=
 SAMPLE_N ?= 600
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
-IMAGE ?= radflow:$(VERSION)
+# REGISTRY=europe-west4-docker.pkg.dev/PROJECT/radflow for a cluster that pulls (GKE); kind loads the local image.
+REGISTRY ?=
+IMAGE ?= $(if $(REGISTRY),$(REGISTRY)/)radflow:$(VERSION)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint compile sample image clean kind-up kind-e2e kind-down chromium serve
+.PHONY: help setup run test lint compile sample image push-image clean kind-up kind-e2e kind-down chromium serve
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,8 +51,12 @@ compile: setup ## compile the pipeline to radflow.yaml
 serve: setup ## serve SERVING_ROOT/radflow with radflow serve (gRPC 127.0.0.1:8500, REST :8501) until Ctrl-C
 	$(BIN)/radflow serve --model_name radflow --model_base_path "$(SERVING_ROOT)/radflow"
 
-image: ## build the pipeline image radflow:<version> (needs a Docker engine)
+image: ## build the pipeline image [REGISTRY/]radflow:<version> (needs a Docker engine)
 	docker build -t $(IMAGE) .
+
+push-image: ## push the image to REGISTRY (set cluster.registry to the same in the pipeline config)
+	@[ -n "$(REGISTRY)" ] || { echo "push-image: set REGISTRY, e.g. REGISTRY=europe-west4-docker.pkg.dev/PROJECT/radflow" >&2; exit 1; }
+	docker push $(IMAGE)
 
 kind-up: ## local cluster: kind + KFP standalone (pinned) + Training Operator + the image (after make image)
 	IMAGE=$(IMAGE) infra/kind/up.sh

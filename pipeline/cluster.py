@@ -18,6 +18,24 @@ CREDENTIALS_FILE = "key.json"  # the key inside credentials_secret
 LAUNCHER_GRACE_S = 600  # a TFJob launcher's deadline beyond its job's
 
 
+def container_image(image: str, registry: str) -> str:
+    """The image reference the steps run: `registry`/`image`, or `image` alone without a registry.
+
+    Raises:
+        ValueError: both name a registry (which one is meant?), or the registry carries a tag or digest.
+    """
+    if not registry:
+        return image
+    first = image.split("/")[0]
+    if "/" in image and ("." in first or ":" in first or first == "localhost"):
+        raise ValueError(f"image {image!r} already names a registry ({first}) and cluster.registry is "
+                         f"{registry!r}: set one of them")
+    if "@" in registry or ":" in registry.split("/")[-1]:
+        raise ValueError(f"cluster.registry {registry!r}: a registry and path only, e.g. "
+                         "europe-west4-docker.pkg.dev/PROJECT/radflow (the tag is the image's)")
+    return f"{registry.rstrip('/')}/{image}"
+
+
 def parse_label(text: str) -> tuple[str, str]:
     """`key=value` -> (key, value).
 
@@ -47,6 +65,29 @@ def parse_toleration(text: str) -> dict[str, str]:
     return {"key": key, "operator": "Exists", "effect": effect}
 
 
+# Steps whose failures are deterministic, or whose retry would do harm: retrying only delays the same error.
+NEVER_RETRIED = {
+    "validate": "its findings are the data's, the same on every try",
+    "validation_gate": "it re-reads the same verdict",
+    "evaluate": "the gate's verdict on the same model is the same on every try",
+    "push": "a push killed after publishing and then retried would publish a second version",
+}
+RETRIABLE = ("ingest", "class_balance", "train", "merge_folds")  # train covers the fold tasks
+
+
+def check_retries(config: ClusterConfig) -> None:
+    """Refuses retry_stages that name a step never to retry, or an unknown one.
+
+    Raises:
+        ValueError: naming the field, the step and why.
+    """
+    for stage in config.retry_stages:
+        if stage in NEVER_RETRIED:
+            raise ValueError(f"cluster.retry_stages: {stage} is never retried: {NEVER_RETRIED[stage]}")
+        if stage not in RETRIABLE:
+            raise ValueError(f"cluster.retry_stages: unknown step {stage!r}; valid: {list(RETRIABLE)}")
+
+
 PATIENT_KEY_SECRET_KEY = "key"  # the data key in ClusterConfig.patient_key_secret's Secret
 PATIENT_KEY_ENV = IngestConfig.patient_key_secret_env  # the variable ingest reads the patient-key secret from
 FOLD_TASK_PREFIX = "train_fold_"  # cross-validation fold tasks: train_fold_0, train_fold_1, ...
@@ -61,10 +102,13 @@ def apply_cluster_settings(tasks: dict[str, PipelineTask], config: ClusterConfig
         tfjob: train only launches a TFJob, whose workers hold the GPUs; its own pod stays small.
 
     Raises:
-        ValueError: a malformed node label or toleration, or an unsupported GPU count.
+        ValueError: a malformed node label or toleration, an unsupported GPU count, or retry_stages naming a step
+            that is never retried.
     """
+    check_retries(config)
     for name, task in tasks.items():
         stage = "train" if name.startswith(FOLD_TASK_PREFIX) else name  # a fold fit is sized and retried as train
+        stage = "merge_folds" if stage.startswith("merge_folds") else stage
         trains_here = stage == "train" and not tfjob
         cpu, memory = (config.train_cpu, config.train_memory) if trains_here else (config.cpu, config.memory)
         task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)

@@ -36,12 +36,22 @@ T = TypeVar("T")
 class ClusterConfig:
     """How the steps run on Kubernetes. kfp.local ignores all of it, so local runs are unchanged."""
 
+    # Registry the image is pushed to, prefixed to `image` in the compiled pipeline, e.g.
+    # europe-west4-docker.pkg.dev/PROJECT/radflow (GKE: Artifact Registry); "" = `image` as it is (kind: `kind load`).
+    registry: str = ""
     gpus: int = 1  # nvidia.com/gpu for train (0, 1, 2, 4, 8 or 16; per worker with train_workers > 1); 0 = CPU
     accelerator: str = "nvidia.com/gpu"  # the extended resource name the GPU device plugin advertises
     # key=value node labels a GPU pod must match (GKE labels its GPU nodes with the accelerator type)
     gpu_node_selector: tuple[str, ...] = ("cloud.google.com/gke-accelerator=nvidia-tesla-t4",)
     # taints of the GPU pool the train pod tolerates, as key[=value]:effect (GKE's own GPU taint below)
     gpu_tolerations: tuple[str, ...] = ("nvidia.com/gpu=present:NoSchedule",)
+    # The GPU pool gpu_node_selector names (infra/gke: gpu_max_nodes x zones, gpus_per_node), and what GPU TF
+    # Serving holds there (infra/serving/overlays/gpu: its HPA's maxReplicas x 1 GPU; 0 = serving on CPU). The
+    # capacity check (pipeline/capacity.py, `radflow capacity`) compares the parallel demand with them;
+    # gpu_pool_nodes 0 = not checked.
+    gpu_pool_nodes: int = 6
+    gpus_per_node: int = 1
+    serving_gpus: int = 0
     cpu: str = "1"  # CPU request of every step but train
     memory: str = "4G"  # memory request (and limit) of every step but train
     train_cpu: str = "4"  # CPU request of train (of each TFJob worker with train_workers > 1)
@@ -49,8 +59,9 @@ class ClusterConfig:
     timeout_s: int = 7200  # pod deadline (activeDeadlineSeconds) of every step but train
     train_timeout_s: int = 43200  # deadline of train; a TFJob gets the same as its activeDeadlineSeconds
     retries: int = 2  # retries of the steps in retry_stages (spot/preemptible nodes can vanish mid-step)
-    # push is left out: a push killed after publishing and then retried would publish a second version
-    retry_stages: tuple[str, ...] = ("ingest", "validate", "class_balance", "train", "evaluate")
+    # Only steps whose failure can be transient: the long ingest and training (the fold tasks count as train), on
+    # spot GPU nodes. validate, validation_gate, evaluate and push are refused (cluster.NEVER_RETRIED says why).
+    retry_stages: tuple[str, ...] = ("ingest", "train")
     pvc: str = ""  # a PersistentVolumeClaim mounted into every step at pvc_mount_path; "" = data on gs:// only
     pvc_mount_path: str = "/mnt/radflow"  # where the PVC appears; point data/serving_root below it
     # a Secret holding a service-account key.json, mounted read-only; "" = Workload Identity (no key at all)
@@ -70,7 +81,8 @@ class PipelineConfig:
     data: str = "data/sample"  # folder (or gs:// prefix) of labelled images: Kaggle or class-per-folder layout
     serving_root: str = "models"  # TF Serving's model base: pushed versions go to <serving_root>/<model_name>/<n>/
     pipeline_root: str = "runs"  # where a local run keeps every task's outputs
-    image: str = f"radflow:{__version__}"  # container image of every step on a cluster (`make image` builds it)
+    # container image of every step on a cluster (`make image` builds it), prefixed with cluster.registry
+    image: str = f"radflow:{__version__}"
     ingest: IngestConfig = field(default_factory=IngestConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     class_balance: ClassBalanceConfig = field(default_factory=ClassBalanceConfig)

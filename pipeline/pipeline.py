@@ -1,7 +1,7 @@
-"""The radflow DAG: ingest -> validate -> class_balance -> train -> evaluate -> push.
+"""The radflow DAG: ingest -> validate -> validation_gate -> class_balance -> train -> evaluate -> push.
 
 Every step is a Python component whose body only maps artifacts to a stage function, run in
-the project's own image (`PipelineConfig.image`, built by `make image`) with nothing installed
+the project's own image (`PipelineConfig.image` under `cluster.registry`, built by `make image`) with nothing installed
 at run time. Stage options travel as one dict parameter per stage, so the KFP UI shows each
 stage's config as editable JSON and the defaults come from the typed dataclasses.
 
@@ -22,7 +22,7 @@ from radflow.components.push import component as push_component
 from radflow.components.train import component as train_component
 from radflow.components.validate import component as validate_component
 from radflow.pipeline import tfjob as tfjob_component
-from radflow.pipeline.cluster import FOLD_TASK_PREFIX, apply_cluster_settings
+from radflow.pipeline.cluster import FOLD_TASK_PREFIX, apply_cluster_settings, container_image
 from radflow.pipeline.config import PipelineConfig, to_dict
 
 PIPELINE_NAME = "radflow"
@@ -63,16 +63,19 @@ def build_pipeline(config: PipelineConfig = PipelineConfig()) -> Callable:
     Returns:
         A @dsl.pipeline function: compile it, submit it, or call it under kfp.local.
     """
-    c = build_components(config.image)
+    image = container_image(config.image, config.cluster.registry)
+    c = build_components(image)
+    c["validation_gate"] = dsl.component(validate_component.validation_gate, base_image=image,
+                                         install_kfp_package=False)
     # Multi-node training: the train task launches a TFJob instead of training in its own pod.
     multi_node = config.cluster.train_workers > 1
-    train_extra = {"cluster": to_dict(config.cluster), "image": config.image} if multi_node else {}
+    train_extra = {"cluster": to_dict(config.cluster), "image": image} if multi_node else {}
     if multi_node:
-        c["train"] = dsl.component(tfjob_component.train, base_image=config.image, install_kfp_package=False)
+        c["train"] = dsl.component(tfjob_component.train, base_image=image, install_kfp_package=False)
     # With a multi-node TFJob the folds run inside the job's workers, one after another.
     fan_out_folds = config.train.cv_folds >= 2 and not multi_node
     for name in ("train_fold", "merge_folds", "train_after_folds"):
-        c[name] = dsl.component(getattr(train_component, name), base_image=config.image, install_kfp_package=False)
+        c[name] = dsl.component(getattr(train_component, name), base_image=image, install_kfp_package=False)
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -92,7 +95,9 @@ def build_pipeline(config: PipelineConfig = PipelineConfig()) -> Callable:
         examples = ingest.outputs["examples"]
         validate = c["validate"](examples=examples, config=validate_config, serving_root=serving_root,
                                  push_config=push_config)
-        balance = c["class_balance"](examples=examples, config=class_balance_config).after(validate)
+        # Validate always completes, so its reports are published; the gate then stops the run on its verdict.
+        gate = c["validation_gate"](statistics=validate.outputs["statistics"], config=validate_config)
+        balance = c["class_balance"](examples=examples, config=class_balance_config).after(gate)
         class_balance = balance.outputs["class_balance"]
         fold_tasks = {}
         if fan_out_folds:
@@ -120,8 +125,9 @@ def build_pipeline(config: PipelineConfig = PipelineConfig()) -> Callable:
         train.set_caching_options(False)
         for task in fold_tasks.values():
             task.set_caching_options(False)
-        apply_cluster_settings({"ingest": ingest, "validate": validate, "class_balance": balance, "train": train,
-                                "evaluate": evaluate, "push": push, **fold_tasks}, config.cluster, tfjob=multi_node)
+        apply_cluster_settings({"ingest": ingest, "validate": validate, "validation_gate": gate,
+                                "class_balance": balance, "train": train, "evaluate": evaluate, "push": push,
+                                **fold_tasks}, config.cluster, tfjob=multi_node)
         return Outputs(examples=examples, evaluation=evaluate.outputs["evaluation"], pushed=push.outputs["pushed"])
 
     return radflow

@@ -1,10 +1,12 @@
 """Submits the pipeline to a Kubeflow Pipelines endpoint and follows the run to its end.
 
 A failed run is reported by the step that failed and why. A step whose pod no node can take
-(e.g. the GPU pool is full or has no node of the requested type) is the one failure KFP never
-reports: the run just stays "running". The waiter fails such a run once the step has been
-unschedulable for `unschedulable_after_s`, with the scheduler's message, read from the task's
-state in the run details and, where this machine has Kubernetes access, from the pod itself.
+(e.g. the GPU pool has no node of the requested type) is the one failure KFP never reports: the
+run just stays "running". Where this machine has Kubernetes access, the waiter reads the pod and
+the cluster autoscaler's events about it: a pod waiting for a node being added, or for room in a
+pool at its maximum, is left to wait; one no pool can ever take fails the run at once. Without an
+autoscaler's word it fails the run once the step has been unschedulable for `unschedulable_after_s`,
+with the scheduler's message, read from the run details or the pod.
 
     radflow submit --host http://localhost:8080 --param data=gs://bucket/chest_xray --param train.epochs=10 --wait
 """
@@ -21,7 +23,8 @@ from typing import Any
 import yaml
 
 from radflow.pipeline.config import PipelineConfig, from_dict, to_dict
-from radflow.pipeline.k8s import unschedulable_reason
+from radflow.pipeline.k8s import NEVER_FITS, UNSCHEDULABLE, PodView, Scheduling, scheduling
+from radflow.pipeline.upload import PipelineVersion
 
 log = logging.getLogger(__name__)
 
@@ -87,27 +90,31 @@ def parse_params(items: list[str], config: PipelineConfig) -> dict[str, Any]:
     return params
 
 
-def submit(client: Any, package_path: str, params: dict[str, Any], experiment: str = DEFAULT_EXPERIMENT,
-           run_name: str | None = None, pipeline_root: str | None = None,
-           service_account: str | None = None) -> str:
-    """Submits a compiled pipeline as a run of `experiment` (created if missing).
+def submit(client: Any, package_path: str | None, params: dict[str, Any], experiment: str = DEFAULT_EXPERIMENT,
+           run_name: str | None = None, pipeline_root: str | None = None, service_account: str | None = None,
+           namespace: str = "", version: PipelineVersion | None = None) -> str:
+    """Submits a run of `experiment` (created if missing): of a compiled pipeline, or of an uploaded version.
 
     Args:
         client: a kfp.Client.
-        package_path: the compiled pipeline YAML.
+        package_path: the compiled pipeline YAML, sent inline; None with `version`.
         params: run parameters (from `parse_params`).
         experiment: experiment name.
         run_name: the run's display name (default: radflow <UTC time>).
         pipeline_root: where the run's artifacts go (e.g. gs://bucket/runs); None = KFP's default.
         service_account: the Kubernetes service account the steps run as (Workload Identity).
+        namespace: the Kubeflow profile of the experiment (and so of the run); "" on a single-user KFP.
+        version: an uploaded pipeline version (`radflow upload`) to run instead of an inline spec.
 
     Returns:
         The run id.
     """
-    experiment_id = client.create_experiment(name=experiment).experiment_id
+    experiment_id = client.create_experiment(name=experiment, namespace=namespace or None).experiment_id
     run_name = run_name or time.strftime("radflow %Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    run = client.run_pipeline(experiment_id=experiment_id, job_name=run_name, pipeline_package_path=package_path,
-                              params=params, pipeline_root=pipeline_root, service_account=service_account)
+    source = ({"pipeline_id": version.pipeline_id, "version_id": version.version_id} if version
+              else {"pipeline_package_path": package_path})
+    run = client.run_pipeline(experiment_id=experiment_id, job_name=run_name, params=params,
+                              pipeline_root=pipeline_root, service_account=service_account, **source)
     return run.run_id
 
 
@@ -146,26 +153,32 @@ def describe_failure(run: Any) -> str:
 
 def wait_for_run(client: Any, run_id: str, timeout_s: float, poll_s: float = POLL_S,
                  unschedulable_after_s: float = UNSCHEDULABLE_AFTER_S,
-                 read_pod: Callable[[str], Any] | None = None, on_change: Callable[[str], None] = log.info,
+                 read_pod: Callable[[str], PodView] | None = None, on_change: Callable[[str], None] = log.info,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> Any:
     """Follows a run until it ends.
+
+    A pending step is judged by what the cluster autoscaler says about its pod (k8s.scheduling):
+    while it adds a node, or while the node group is at its maximum, the step is waiting and only
+    `timeout_s` bounds it (fold tasks queue for GPUs this way); when no node group can ever take
+    the pod the run fails at once; with no word from an autoscaler the step fails once it has been
+    unschedulable for `unschedulable_after_s`.
 
     Args:
         client: a kfp.Client.
         run_id: the run.
         timeout_s: give up after this long.
         poll_s: seconds between reads.
-        unschedulable_after_s: fail once a step has been unschedulable this long.
-        read_pod: pod name -> kubernetes V1Pod (or None); None when this machine has no
-            Kubernetes access, and only the run details are read.
-        on_change: called with a line whenever a step changes state.
+        unschedulable_after_s: fail once a step has been unschedulable this long (no autoscaler verdict).
+        read_pod: pod name -> PodView (the pod, None when gone, and its events); None when this machine
+            has no Kubernetes access, and only the run details are read.
+        on_change: called with a line whenever a step changes state or scheduling state.
         clock, sleep: time source and pause (tests pass their own).
 
     Returns:
         The succeeded run.
 
     Raises:
-        RunFailed: the run failed or was cancelled, or a step stayed unschedulable.
+        RunFailed: the run failed or was cancelled, a step can never be scheduled, or stayed unschedulable.
         TimeoutError: the run did not end within `timeout_s`.
     """
     start, seen, unschedulable_since = clock(), {}, {}
@@ -182,14 +195,23 @@ def wait_for_run(client: Any, run_id: str, timeout_s: float, poll_s: float = POL
             raise RunFailed(describe_failure(run))
         now = clock()
         for step in steps(run):
-            reason = _unschedulable(step, read_pod) if step.state in ACTIVE else None
-            if reason is None:
+            found = _scheduling(step, read_pod) if step.state in ACTIVE else None
+            if seen.get((step.name, "scheduling")) != (found and found.state):
+                seen[(step.name, "scheduling")] = found and found.state
+                if found is not None:
+                    on_change(f"{step.name}: {found.state}: {found.message}")
+            if found is not None and found.state == NEVER_FITS:
+                raise RunFailed(f"run {run_id}: step '{step.name}' can never be scheduled (KFP still shows it "
+                                f"{step.state}): {found.message}. No node pool fits its requests, node selector "
+                                "and tolerations: check cluster.gpus, gpu_node_selector and gpu_tolerations "
+                                "against the pools, or cancel the run.")
+            if found is None or found.state != UNSCHEDULABLE:
                 unschedulable_since.pop(step.name, None)
                 continue
             since = unschedulable_since.setdefault(step.name, now)
             if now - since >= unschedulable_after_s:
                 raise RunFailed(f"run {run_id}: step '{step.name}' cannot be scheduled (for {now - since:.0f}s; KFP "
-                                f"still shows it {step.state}): {reason}. Check the node pools (GPU quota, "
+                                f"still shows it {step.state}): {found.message}. Check the node pools (GPU quota, "
                                 f"accelerator labels, taints) or cancel the run.")
         if now - start >= timeout_s:
             active = ", ".join(f"{s.name} {s.state}" for s in steps(run) if s.state in ACTIVE) or state
@@ -197,21 +219,21 @@ def wait_for_run(client: Any, run_id: str, timeout_s: float, poll_s: float = POL
         sleep(poll_s)
 
 
-def _unschedulable(step: StepState, read_pod: Callable[[str], Any] | None) -> str | None:
-    if "Unschedulable" in step.message:
-        return step.message
+def _scheduling(step: StepState, read_pod: Callable[[str], PodView] | None) -> Scheduling | None:
     for pod_name in step.pods if read_pod else ():
-        reason = unschedulable_reason(read_pod(pod_name))
-        if reason:
-            return reason
+        found = scheduling(read_pod(pod_name))
+        if found is not None:
+            return found
+    if "Unschedulable" in step.message:  # all KFP's run details say: no autoscaler verdict to go by
+        return Scheduling(UNSCHEDULABLE, step.message)
     return None
 
 
-def pod_reader(namespace: str) -> Callable[[str], Any] | None:
-    """Reads pods in `namespace` through this machine's kubeconfig, or None without one.
+def pod_reader(namespace: str) -> Callable[[str], PodView] | None:
+    """Reads pods in `namespace`, with their events, through this machine's kubeconfig, or None without one.
 
     Returns:
-        A function pod name -> V1Pod (None for a pod that is gone), or None.
+        A function pod name -> PodView (pod None for a pod that is gone), or None.
     """
     from kubernetes import client, config
     from kubernetes.client.exceptions import ApiException
@@ -224,12 +246,14 @@ def pod_reader(namespace: str) -> Callable[[str], Any] | None:
         return None
     core = client.CoreV1Api()
 
-    def read(name: str) -> Any:
+    def read(name: str) -> PodView:
         try:
-            return core.read_namespaced_pod(name, namespace)
+            pod = core.read_namespaced_pod(name, namespace)
+            events = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
         except ApiException as err:
             if err.status in (403, 404):
-                return None
+                return PodView(None)
             raise
+        return PodView(pod, tuple(events))
 
     return read

@@ -227,44 +227,75 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _kfp_client(host: str):
-    import warnings
+def cmd_capacity(args: argparse.Namespace) -> int:
+    from radflow.pipeline.capacity import capacity
+    from radflow.pipeline.config import load_config
 
-    import kfp
+    config = load_config(args.config)
+    found = capacity(config, args.katib_parallel_trials)
+    c = config.cluster
+    print(f"GPU pool: {found.pool} ({c.gpu_pool_nodes} nodes x {c.gpus_per_node}); GPU serving holds up to "
+          f"{c.serving_gpus}; {found.free} left")
+    print(f"pipeline at its peak: {found.pipeline}; Katib ({args.katib_parallel_trials} parallel trials): "
+          f"{found.katib}")
+    for line in found.errors:
+        print(f"error: {line}")
+    for line in found.warnings:
+        print(f"warning: {line}")
+    return 1 if found.errors or found.warnings else 0
 
-    with warnings.catch_warnings():  # "only works with KFP v2.0.0-beta.2 and later": ours is later
-        warnings.simplefilter("ignore", FutureWarning)
-        return kfp.Client(host=host)
+
+def _kfp_session(args: argparse.Namespace):
+    """The KFP session of the connection flags, with the KF_PIPELINES_* variables as their defaults."""
+    from kfp.client import KF_PIPELINES_SA_TOKEN_ENV, KF_PIPELINES_SA_TOKEN_PATH
+
+    from radflow.pipeline.auth import Connection, connect
+
+    host = args.host or os.environ.get("KF_PIPELINES_ENDPOINT", "")
+    if not host:
+        raise ValueError("no KFP endpoint: pass --host or set KF_PIPELINES_ENDPOINT")
+    sa_token = args.sa_token
+    if sa_token == "":  # --sa-token without a path: kfp's projected-token location
+        sa_token = os.environ.get(KF_PIPELINES_SA_TOKEN_ENV) or KF_PIPELINES_SA_TOKEN_PATH
+    token = args.existing_token or os.environ.get("KF_PIPELINES_TOKEN", "")
+    cookies = args.cookies or os.environ.get("KF_PIPELINES_COOKIES", "")
+    return connect(Connection(host, args.namespace or "", token, sa_token or "", cookies, args.ssl_ca_cert or ""))
 
 
-def _compiled(args: argparse.Namespace, tmp: str):
-    """The config and the pipeline compiled from it, with the --param items as run parameters."""
+def _run_source(args: argparse.Namespace, session, tmp: str):
+    """(compiled package or None, run parameters, uploaded version or None) for submit and schedule."""
     from radflow.pipeline.compile import compile_pipeline
     from radflow.pipeline.config import load_config
     from radflow.pipeline.submit import parse_params
+    from radflow.pipeline.upload import resolve
 
     config = load_config(args.config)
     params = parse_params(args.param, config)
-    return compile_pipeline(config, os.path.join(tmp, "radflow.yaml")), params
+    if args.pipeline_version:
+        return None, params, resolve(session.client, args.pipeline, args.pipeline_version, session.namespace)
+    return compile_pipeline(config, os.path.join(tmp, "radflow.yaml")), params, None
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
     import tempfile
 
+    from radflow.pipeline.auth import api_errors
     from radflow.pipeline.submit import RunFailed, pod_reader, run_url, submit, wait_for_run
 
-    with tempfile.TemporaryDirectory() as tmp:
-        package, params = _compiled(args, tmp)
-        client = _kfp_client(args.host)
-        run_id = submit(client, package, params, args.experiment, args.run_name, args.pipeline_root,
-                        args.service_account)
+    session = _kfp_session(args)
+    with tempfile.TemporaryDirectory() as tmp, api_errors(session.host):
+        package, params, version = _run_source(args, session, tmp)
+        run_id = submit(session.client, package, params, args.experiment, args.run_name, args.pipeline_root,
+                        args.service_account, namespace=session.namespace, version=version)
     print(f"run id: {run_id}")
-    print(f"run: {run_url(args.host, run_id)}")
+    print(f"run: {run_url(session.host, run_id)}")
     if not args.wait:
         return 0
     try:
-        wait_for_run(client, run_id, args.timeout, unschedulable_after_s=args.unschedulable_after,
-                     read_pod=pod_reader(args.namespace), on_change=lambda line: print(f"  {line}", flush=True))
+        with api_errors(session.host):
+            wait_for_run(session.client, run_id, args.timeout, unschedulable_after_s=args.unschedulable_after,
+                         read_pod=pod_reader(session.namespace or args.namespace or "kubeflow"),
+                         on_change=lambda line: print(f"  {line}", flush=True))
     except (RunFailed, TimeoutError) as err:
         print(f"radflow submit: {err}", file=sys.stderr)
         return 1
@@ -275,27 +306,65 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_schedule(args: argparse.Namespace) -> int:
     import tempfile
 
+    from radflow.pipeline.auth import api_errors
     from radflow.pipeline.schedule import delete_schedule, list_schedules, schedule
 
-    client = _kfp_client(args.host)
-    if args.list:
-        for r in list_schedules(client):
-            cron = r.trigger.cron_schedule.cron if r.trigger and r.trigger.cron_schedule else "-"
-            print(f"{r.display_name}\t{cron}\t{r.status or r.mode}\t{r.recurring_run_id}")
-        return 0
-    if args.delete:
-        print(f"deleted {delete_schedule(client, args.delete)} recurring run(s) named {args.delete!r}")
-        return 0
-    if not args.cron:
+    if not (args.list or args.delete or args.cron):
         print("radflow schedule: error: --cron is required to create a schedule (or use --list / --delete NAME)",
               file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory() as tmp:
-        package, params = _compiled(args, tmp)
-        r = schedule(client, package, args.name, args.cron, params, args.experiment, args.pipeline_root,
-                     args.service_account)
+    session = _kfp_session(args)
+    with api_errors(session.host):
+        if args.list:
+            for r in list_schedules(session.client, namespace=session.namespace):
+                cron = r.trigger.cron_schedule.cron if r.trigger and r.trigger.cron_schedule else "-"
+                print(f"{r.display_name}\t{cron}\t{r.status or r.mode}\t{r.recurring_run_id}")
+            return 0
+        if args.delete:
+            deleted = delete_schedule(session.client, args.delete, session.namespace)
+            print(f"deleted {deleted} recurring run(s) named {args.delete!r}")
+            return 0
+        with tempfile.TemporaryDirectory() as tmp:
+            package, params, version = _run_source(args, session, tmp)
+            r = schedule(session.client, package, args.name, args.cron, params, args.experiment, args.pipeline_root,
+                         args.service_account, namespace=session.namespace, version=version)
     print(f"recurring run {r.display_name!r} ({r.recurring_run_id}): cron '{args.cron}', one run at a time, "
-          "no catch-up")
+          "no catch-up" + (f", pipeline version {version.name}" if version else ""))
+    return 0
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from radflow.pipeline.auth import api_errors
+    from radflow.pipeline.compile import compile_pipeline
+    from radflow.pipeline.config import load_config
+    from radflow.pipeline.upload import upload, version_url
+
+    session = _kfp_session(args)
+    with tempfile.TemporaryDirectory() as tmp, api_errors(session.host):
+        package = compile_pipeline(load_config(args.config), os.path.join(tmp, "radflow.yaml"))
+        version = upload(session.client, package, args.pipeline, session.namespace)
+    print(f"pipeline {args.pipeline!r} version {version.name}: {'uploaded' if version.uploaded else 'already there'}"
+          f" (id {version.version_id})")
+    print(f"pipeline: {version_url(session.host, version)}")
+    print(f"run it: radflow submit --pipeline-version {version.name} ...")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from radflow.pipeline.auth import api_errors
+    from radflow.pipeline.runs import cancel, describe_run, list_runs
+
+    session = _kfp_session(args)
+    with api_errors(session.host):
+        if args.runs_command == "list":
+            for r in list_runs(session.client, session.namespace, args.experiment, args.limit):
+                print(f"{r.run_id}\t{r.state}\t{r.created_at}\t{r.display_name}")
+        elif args.runs_command == "get":
+            print("\n".join(describe_run(session.client.get_run(args.run_id), session.host)))
+        else:
+            print(f"cancelling run {args.run_id} (was {cancel(session.client, args.run_id).state})")
     return 0
 
 
@@ -505,8 +574,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", type=int, required=True, metavar="VERSION", help="the version to serve")
     p.add_argument("--run-id", default="rollback", help="recorded in the new version's lineage")
 
+    p = with_config(add("capacity", cmd_capacity, "check the parallel GPU demand against the GPU pool",
+                        "Adds up the GPUs the pipeline (train, its fold tasks, a TFJob's workers), a Katib search\n"
+                        "and GPU serving (cluster.serving_gpus) ask for at once, against the pool the cluster\n"
+                        "section describes (gpu_pool_nodes x gpus_per_node); exits 1 when something does not fit.\n\n"
+                        "example: radflow capacity --config gke.yaml"))
+    from radflow.pipeline.capacity import KATIB_PARALLEL_TRIALS
+
+    p.add_argument("--katib-parallel-trials", type=int, default=KATIB_PARALLEL_TRIALS,
+                   help=f"parallel trials of the Katib search (default {KATIB_PARALLEL_TRIALS}, as generated)")
+
     def with_kfp(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
+        p.add_argument("--host", help="KFP API endpoint, e.g. http://localhost:8080 or "
+                       "https://kubeflow.example.com/pipeline (default: $KF_PIPELINES_ENDPOINT)")
+        p.add_argument("--namespace", help="Kubeflow profile (namespace) on a multi-user KFP (default: kfp's "
+                       "context, or the pod's namespace); the steps' pods run there (single-user: kubeflow)")
+        p.add_argument("--existing-token", metavar="TOKEN", help="bearer token, e.g. from `kubectl create token "
+                       "default-editor -n PROFILE --audience pipelines.kubeflow.org` (default: $KF_PIPELINES_TOKEN)")
+        p.add_argument("--sa-token", nargs="?", const="", metavar="PATH", help="in a pod: a projected "
+                       "service-account token, re-read on every request (default path: "
+                       "$KF_PIPELINES_SA_TOKEN_PATH or /var/run/secrets/kubeflow/pipelines/token)")
+        p.add_argument("--cookies", metavar="'NAME=VALUE'", help="session cookie of a Kubeflow login through "
+                       "Dex/oauth2-proxy, e.g. 'oauth2_proxy_kubeflow=...' (default: $KF_PIPELINES_COOKIES)")
+        p.add_argument("--ssl-ca-cert", metavar="PEM", help="CA certificate of an https endpoint")
+        return p
+
+    def with_run(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        with_kfp(p)
         p.add_argument("--experiment", default="radflow", help="KFP experiment (created if missing)")
         p.add_argument("--param", action="append", default=[], metavar="K=V",
                        help="run parameter: data=..., serving_root=..., or <stage>.<field>=<YAML value> "
@@ -514,23 +608,29 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--pipeline-root", help="where the run's artifacts go, e.g. gs://bucket/runs "
                        "(default: the KFP deployment's)")
         p.add_argument("--service-account", help="Kubernetes service account of the steps "
-                       "(default: KFP's pipeline-runner)")
+                       "(default: KFP's pipeline-runner; default-editor in a Kubeflow profile)")
+        p.add_argument("--pipeline", default="radflow", help="uploaded pipeline name (with --pipeline-version)")
+        p.add_argument("--pipeline-version", metavar="NAME", help="run this uploaded version (`radflow upload` "
+                       "prints its name) instead of compiling the config inline")
         return p
 
-    p = with_config(with_kfp(add("submit", cmd_submit, "compile the pipeline and run it on a KFP cluster",
+    p = with_config(with_run(add("submit", cmd_submit, "compile the pipeline and run it on a KFP cluster",
                                  "Compiles the pipeline (cluster settings from the config's `cluster:` section),\n"
-                                 "submits a run, and prints its id and UI link. --wait follows it to the end and\n"
-                                 "exits 1 naming the step that failed and why, including a step no node can take.\n\n"
-                                 "example: radflow submit --host http://localhost:8080 --param data=gs://b/x --wait")))
+                                 "or takes an uploaded version, submits a run and prints its id and UI link. --wait\n"
+                                 "follows it to the end and exits 1 naming the step that failed and why, including\n"
+                                 "a step no node can take (a step waiting for an autoscaler's node just waits).\n\n"
+                                 "example: radflow submit --host http://localhost:8080 --param data=gs://b/x --wait\n"
+                                 "         radflow submit --host https://kf.example.com/pipeline --namespace xray \\\n"
+                                 "             --cookies \"oauth2_proxy_kubeflow=$COOKIE\" \\\n"
+                                 "             --pipeline-version 0.1.0-3f2a9c81d0e4")))
     p.add_argument("--run-name", help="run display name (default: radflow <UTC time>)")
     p.add_argument("--wait", action="store_true", help="follow the run; exit non-zero unless it succeeds")
     p.add_argument("--timeout", type=float, default=86400, help="--wait gives up after this many seconds")
     p.add_argument("--unschedulable-after", type=float, default=900,
-                   help="--wait fails a step that no node could take for this many seconds (default 900)")
-    p.add_argument("--namespace", default="kubeflow", help="namespace of the run's pods, read through the "
-                   "local kubeconfig when there is one (default kubeflow)")
+                   help="--wait fails a step that no node could take for this many seconds when no cluster "
+                        "autoscaler says more (default 900)")
 
-    p = with_config(with_kfp(add("schedule", cmd_schedule, "scheduled retraining: recurring runs on a KFP cluster",
+    p = with_config(with_run(add("schedule", cmd_schedule, "scheduled retraining: recurring runs on a KFP cluster",
                                  "Creates a recurring run (one run at a time, no catch-up); an existing one of\n"
                                  "the same name is replaced. --list shows them, --delete NAME removes one.\n\n"
                                  "example: radflow schedule --host http://localhost:8080 --cron '0 0 3 * * 0'")))
@@ -538,6 +638,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="radflow-retrain", help="schedule name (default radflow-retrain)")
     p.add_argument("--list", action="store_true", help="list the recurring runs")
     p.add_argument("--delete", metavar="NAME", help="delete the recurring run(s) of this name")
+
+    p = with_config(with_kfp(add("upload", cmd_upload, "register the compiled pipeline as a KFP pipeline version",
+                                 "Compiles the config and uploads it as a version of pipeline --pipeline (created if\n"
+                                 "missing; in the --namespace profile on a multi-user KFP), named\n"
+                                 "<radflow version>-<spec digest>: the same release and config map to one version,\n"
+                                 "so uploading again changes nothing. submit/schedule --pipeline-version run it.\n\n"
+                                 "example: radflow upload --host http://localhost:8080 --config gke.yaml")))
+    p.add_argument("--pipeline", default="radflow", help="pipeline name in the KFP UI (default radflow)")
+
+    p = add("runs", cmd_runs, "list, inspect or cancel runs on a KFP cluster",
+            "list: the newest runs; get RUN_ID: the run's state, each step's state and a failed step's\n"
+            "message; cancel RUN_ID: terminate a pending or running run.\n\n"
+            "example: radflow runs get 8f2c... --host http://localhost:8080")
+    runs_sub = p.add_subparsers(dest="runs_command", required=True, metavar="ACTION")
+    p = with_kfp(runs_sub.add_parser("list", help="the newest runs"))
+    p.add_argument("--experiment", help="only this experiment's runs")
+    p.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    for action, what in (("get", "a run's steps and why it failed"), ("cancel", "terminate a run")):
+        p = with_kfp(runs_sub.add_parser(action, help=what))
+        p.add_argument("run_id", metavar="RUN_ID")
 
     from radflow.serving.flags import add_arguments as add_serve_arguments
 

@@ -1,5 +1,6 @@
 """One real end-to-end run: `radflow run --local` on a small synthetic set, through kfp.local."""
 
+import json
 import os
 
 import numpy as np
@@ -43,3 +44,36 @@ def test_local_run_pushes_a_servable_model(tmp_path, capsys):
     (run_dir,) = os.listdir(tmp_path / "runs")
     assert set(os.listdir(tmp_path / "runs" / run_dir)) >= {"ingest", "validate", "class-balance", "train",
                                                             "evaluate", "push"}
+
+
+@pytest.mark.e2e
+def test_a_failed_validation_publishes_its_reports_and_the_next_task_stops_the_run(tmp_path, capsys):
+    """Validate completes and publishes anomalies.md and statistics.html; validation_gate fails the run.
+
+    On a KFP cluster a failed task publishes no artifacts (launcher_v2.go, see gate.py), so the split
+    is what gets the reports into the UI; kfp.local runs the same DAG, and the same split shows here.
+    """
+    from radflow.components.validate.schema import CURATED_DIR
+
+    data = str(tmp_path / "data")
+    synthesize(data, n=80, seed=3, min_side=64, max_side=96)
+    schema = tmp_path / "other_labels.pbtxt"  # the curated schema, frozen for another label set
+    with open(os.path.join(CURATED_DIR, "chest_xray.pbtxt")) as f:
+        schema.write_text(f.read().replace('value: "PNEUMONIA"', 'value: "OTHER"'))
+    config = tmp_path / "config.yaml"
+    config.write_text(f"ingest: {{image_size: 32}}\nvalidate: {{schema_path: {schema}}}\n")
+
+    code = main(["run", "--local", "--data", data, "--serving-root", str(tmp_path / "models"),
+                 "--pipeline-root", str(tmp_path / "runs"), "--config", str(config)])
+    err = capsys.readouterr().err
+    assert code == 1
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert sorted(p.name for p in run_dir.iterdir()) == ["ingest", "validate"]  # nothing after the gate ran
+    report, page = run_dir / "validate" / "report", run_dir / "validate" / "statistics_report"
+    assert f"validate's reports: {report}, {page}" in err
+    assert "Unexpected string values" in report.read_text() and "PNEUMONIA" in report.read_text()
+    assert page.read_text().lstrip().lower().startswith("<!doctype html")
+    # kfp.local recorded both as the validate task's published output artifacts.
+    outputs = json.loads((run_dir / "validate" / "executor_output.json").read_text())["artifacts"]
+    assert {"report", "statistics_report", "statistics"} <= set(outputs)
+    assert not (tmp_path / "models").exists()

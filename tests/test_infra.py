@@ -34,7 +34,8 @@ def test_image_tag_is_the_package_version_everywhere():
     assert PipelineConfig().image == f"radflow:{version}"
     makefile = (ROOT / "Makefile").read_text()
     assert 'VERSION := $(shell sed -n \'s/^version = "\\(.*\\)"/\\1/p\' pyproject.toml)' in makefile
-    assert "IMAGE ?= radflow:$(VERSION)" in makefile and "docker build -t $(IMAGE) ." in makefile
+    assert "IMAGE ?= $(if $(REGISTRY),$(REGISTRY)/)radflow:$(VERSION)" in makefile
+    assert "docker build -t $(IMAGE) ." in makefile and "docker push $(IMAGE)" in makefile
 
 
 def test_dockerfile_pins_the_tf_gpu_base_installs_at_build_time_and_runs_as_non_root():

@@ -17,7 +17,8 @@ from radflow.pipeline.cluster import parse_label, parse_toleration
 from radflow.pipeline.compile import compile_pipeline
 from radflow.pipeline.config import ClusterConfig, PipelineConfig, to_dict
 
-EXECUTORS = {"exec-ingest", "exec-validate", "exec-class-balance", "exec-train", "exec-evaluate", "exec-push"}
+EXECUTORS = {"exec-ingest", "exec-validate", "exec-validation-gate", "exec-class-balance", "exec-train",
+             "exec-evaluate", "exec-push"}
 
 
 def _compile(tmp_path, cluster=ClusterConfig()):
@@ -48,7 +49,8 @@ def test_train_alone_requests_a_gpu_and_lands_on_the_gpu_pool(tmp_path):
 
 
 def test_gpu_count_labels_and_taints_come_from_config(tmp_path):
-    cluster = ClusterConfig(gpus=2, gpu_node_selector=("cloud.google.com/gke-accelerator=nvidia-l4", "pool=gpu"),
+    cluster = ClusterConfig(gpus=2, gpus_per_node=2,
+                            gpu_node_selector=("cloud.google.com/gke-accelerator=nvidia-l4", "pool=gpu"),
                             gpu_tolerations=("dedicated:NoSchedule",))
     spec, k8s = _compile(tmp_path, cluster)
     assert _resources(spec, "exec-train")["accelerator"]["resourceCount"] == "2"
@@ -64,14 +66,32 @@ def test_cpu_training_requests_no_gpu_anywhere(tmp_path):
         assert "nodeSelector" not in k8s[executor]
 
 
-def test_every_step_has_a_deadline_and_all_but_push_retry(tmp_path):
+def test_every_step_has_a_deadline_and_only_ingest_train_and_folds_retry(tmp_path):
+    from radflow.components.train.config import TrainConfig
+
     spec, k8s = _compile(tmp_path, ClusterConfig(timeout_s=600, train_timeout_s=5000, retries=3))
     assert {e: k8s[e]["activeDeadlineSeconds"] for e in EXECUTORS} == {
         **{e: "600" for e in EXECUTORS}, "exec-train": "5000"}
     tasks = spec["root"]["dag"]["tasks"]
-    assert "retryPolicy" not in tasks["push"]
-    for name in set(tasks) - {"push"}:
-        assert tasks[name]["retryPolicy"]["maxRetryCount"] == 3, name
+    assert {name for name, t in tasks.items() if "retryPolicy" in t} == {"ingest", "train"}
+    assert tasks["train"]["retryPolicy"]["maxRetryCount"] == 3
+    path = compile_pipeline(PipelineConfig(train=TrainConfig(cv_folds=2)), str(tmp_path / "folds.yaml"))
+    with open(path) as f:
+        folds = next(yaml.safe_load_all(f))["root"]["dag"]["tasks"]
+    assert {name for name, t in folds.items() if "retryPolicy" in t} == {
+        "ingest", "train-fold", "train-fold-2", "train-after-folds"}
+
+
+@pytest.mark.parametrize("stages, message", [
+    (("ingest", "validate"), "cluster.retry_stages: validate is never retried: its findings are the data's"),
+    (("evaluate",), "evaluate is never retried"),
+    (("push",), "would publish a second version"),
+    (("validation_gate",), "validation_gate is never retried"),
+    (("trian",), r"unknown step 'trian'; valid: \['ingest', 'class_balance', 'train', 'merge_folds'\]"),
+])
+def test_deterministic_steps_are_refused_as_retry_stages(tmp_path, stages, message):
+    with pytest.raises(ValueError, match=message):
+        _compile(tmp_path, ClusterConfig(retry_stages=stages))
 
 
 def test_pvc_and_mounted_credentials_reach_every_step(tmp_path):

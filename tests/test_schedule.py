@@ -27,17 +27,18 @@ def test_schedule_creates_one_at_a_time_no_catchup_and_replaces_the_same_name(ca
         remaining = {r["recurring_run_id"]: r["display_name"] for r in kfp.recurring}
     assert code == 0
     calls = kfp.server.calls()
-    assert calls[1:] == [
+    assert calls[:2] == [("GET", "/apis/v2beta1/healthz")] * 2  # kfp.Client's, then radflow's multi-user question
+    assert calls[2:] == [
         ("GET", "/apis/v2beta1/recurringruns"),
         ("GET", "/apis/v2beta1/experiments"),
         ("POST", "/apis/v2beta1/experiments"),
         ("POST", "/apis/v2beta1/recurringruns"),
         ("DELETE", "/apis/v2beta1/recurringruns/rr-1"),  # the old one goes only after the new one exists
     ]
-    name_filter = json.loads(kfp.server.requests[1].query["filter"][0])
+    name_filter = json.loads(kfp.server.requests[2].query["filter"][0])
     assert name_filter["predicates"][0] == {"operation": "EQUALS", "key": "display_name",
                                             "stringValue": "radflow-retrain"}
-    body = kfp.server.requests[4].body
+    body = kfp.server.requests[5].body
     assert body["display_name"] == "radflow-retrain"
     assert body["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * 0"}}
     assert int(body["max_concurrency"]) == 1

@@ -58,9 +58,11 @@ def test_base_is_a_probed_tf_serving_with_config_files_hpa_and_pvc():
     assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"grpc": 8500, "http": 8501}
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
     config = _by_prefix(objects, "ConfigMap", "tf-serving-config")
-    assert {"models.config", "batching.config", "monitoring.config"} <= set(config["data"])
+    assert {"batching.config", "monitoring.config"} <= set(config["data"])
+    assert "models.config" in objects[("ConfigMap", "tf-serving-models")]["data"]  # re-read in place: no hash
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
-    assert volumes["config"]["configMap"]["name"] == config["metadata"]["name"]
+    assert [s["configMap"]["name"] for s in volumes["config"]["projected"]["sources"]] == [
+        config["metadata"]["name"], "tf-serving-models"]
     assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "radflow-models"
     assert ("PersistentVolumeClaim", "radflow-models") in objects
     hpa = objects[("HorizontalPodAutoscaler", "tf-serving")]
@@ -89,8 +91,7 @@ def test_gcs_variant_reads_gs_with_workload_identity_and_no_pvc():
     assert spec["serviceAccountName"] == "tf-serving"
     assert [v["name"] for v in spec["volumes"]] == ["config"]
     assert [m["name"] for m in _container({"spec": {"template": {"spec": spec}}})["volumeMounts"]] == ["config"]
-    config = _by_prefix(objects, "ConfigMap", "tf-serving-config")
-    assert 'base_path: "gs://' in config["data"]["models.config"]
+    assert 'base_path: "gs://' in objects[("ConfigMap", "tf-serving-models")]["data"]["models.config"]
 
 
 def test_canary_runs_two_labelled_versions_behind_one_service():
@@ -105,8 +106,12 @@ def test_canary_runs_two_labelled_versions_behind_one_service():
         args = dict(a.lstrip("-").split("=", 1) for a in _container(d)["args"])
         mount = args["model_config_file"].rsplit("/", 1)[0]
         volume = next(m["name"] for m in _container(d)["volumeMounts"] if m["mountPath"] == mount)
-        cm = next(v["configMap"]["name"] for v in d["spec"]["template"]["spec"]["volumes"] if v["name"] == volume)
-        (model,) = parse_model_config(objects[("ConfigMap", cm)]["data"]["models.config"])
+        (source,) = [v for v in d["spec"]["template"]["spec"]["volumes"] if v["name"] == volume]
+        names = [s["configMap"]["name"] for s in source["projected"]["sources"]] if "projected" in source \
+            else [source["configMap"]["name"]]
+        (text,) = [objects[("ConfigMap", n)]["data"]["models.config"] for n in names
+                   if "models.config" in objects[("ConfigMap", n)]["data"]]
+        (model,) = parse_model_config(text)
         tracks[labels["radflow.ai/track"]] = (list(model.model_version_policy.specific.versions),
                                               dict(model.version_labels))
     assert tracks == {"stable": ([1], {"stable": 1}), "canary": ([2], {"canary": 2})}

@@ -57,9 +57,9 @@ variable "gpu_machine_type" {
 }
 
 variable "gpu_max_nodes" {
-  description = "autoscaling ceiling of the GPU pool, per zone (it scales to zero between trainings)"
+  description = "autoscaling ceiling of the GPU pool, per zone (it scales to zero between trainings); room for GPU serving (2), a run's fold tasks (3) or a Katib search (3 trials): cluster.gpu_pool_nodes, `radflow capacity`; the project needs that much GPU quota"
   type        = number
-  default     = 2
+  default     = 6
 }
 
 variable "gpu_spot" {
