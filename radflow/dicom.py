@@ -29,7 +29,10 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
 
 # The only header fields that may enter any output. Everything else in a DICOM header (names,
 # dates, institution, accession numbers, free text) can identify a patient.
-ALLOWED_HEADER_FIELDS = ("Modality", "PhotometricInterpretation", "BitsStored", "ViewPosition", "BodyPartExamined")
+# Manufacturer names the equipment's vendor, never a person or a site: validate needs it to find a class
+# that one scanner vendor gives away (a shortcut).
+ALLOWED_HEADER_FIELDS = ("Modality", "PhotometricInterpretation", "BitsStored", "ViewPosition", "BodyPartExamined",
+                         "Manufacturer")
 
 # Why a file cannot be converted; ingest uses these as quarantine reasons.
 NOT_AN_IMAGE = "not an image"

@@ -23,6 +23,9 @@ SPLITS = ("train", "val", "test")
 METADATA_FILE = "metadata.json"
 MANIFEST_FILE = "manifest.csv"
 SHARD_SUFFIX = ".tfrecord"
+# `radflow synth` leaves this JSON file ({"modality": ...}) at the root of what it writes; ingest records
+# the data as synthetic, and the model card says so. A dot file, so it is never an input.
+SYNTHETIC_MARKER = ".radflow-synthetic.json"
 
 # Feature keys. Per-image scalar features ride along with the pixels so that TFDV can compute
 # their statistics without decoding images again.
@@ -51,11 +54,13 @@ DICOM_MODALITY = "dicom_modality"
 DICOM_PHOTOMETRIC = "dicom_photometric_interpretation"
 DICOM_VIEW_POSITION = "dicom_view_position"
 DICOM_BODY_PART = "dicom_body_part_examined"
+DICOM_MANUFACTURER = "dicom_manufacturer"
 HEADER_FEATURES = {
     "Modality": DICOM_MODALITY,
     "PhotometricInterpretation": DICOM_PHOTOMETRIC,
     "ViewPosition": DICOM_VIEW_POSITION,
     "BodyPartExamined": DICOM_BODY_PART,
+    "Manufacturer": DICOM_MANUFACTURER,
 }
 
 # The scalar features, as TFDV and the schema see them.
@@ -193,6 +198,9 @@ class DatasetMetadata:
             "pattern", "dicom", and "none": images that are their own patient).
         image_level_splits: most images had no patient id and the run went on anyway
             (allow_image_level_splits): the splits may hold one patient's images on both sides.
+        synthetic: the source was written by `radflow synth` (it leaves SYNTHETIC_MARKER).
+        modality: what the images are ("chest X-ray", "brain MRI"), for the model card and the
+            review page; "" when nobody said.
     """
 
     label_names: tuple[str, ...]
@@ -208,6 +216,8 @@ class DatasetMetadata:
     verified_records: int = 0
     patient_ids: dict[str, int] = field(default_factory=dict)
     image_level_splits: bool = False
+    synthetic: bool = False
+    modality: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -236,6 +246,8 @@ class DatasetMetadata:
             verified_records=int(raw.get("verified_records", 0)),
             patient_ids={k: int(v) for k, v in raw.get("patient_ids", {}).items()},
             image_level_splits=bool(raw.get("image_level_splits", False)),
+            synthetic=bool(raw.get("synthetic", False)),
+            modality=str(raw.get("modality", "")),
         )
 
 

@@ -16,6 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from radflow.ensemble import ensemble_members
+
 _POOLING = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D, keras.layers.GlobalAveragePooling2D,
             keras.layers.GlobalMaxPooling2D)
 
@@ -69,7 +71,9 @@ def grad_cam(
         image: one image, float in [0, 1], (H, W, C).
         class_index: the class to explain; None for the predicted class. With a single sigmoid
             unit, 1 is the positive class and 0 the negative.
-        layer_name: the layer to read; default `last_conv_layer(model)`.
+        layer_name: the layer to read; default `last_conv_layer(model)`. An ensemble
+            (radflow.ensemble) is explained as the mean of its members' maps, each at this layer
+            of the member (or its own last convolutional one).
 
     Returns:
         Heatmap (H, W), float32 in [0, 1]; all zeros when no region supports the class.
@@ -79,6 +83,14 @@ def grad_cam(
     """
     if image.ndim != 3:
         raise ValueError(f"expected one image (H, W, C), got shape {image.shape}")
+    members = ensemble_members(model)
+    if len(members) > 1:  # the mean score's evidence: the mean of the members' maps, each at its own layer
+        if class_index is None:
+            p = np.asarray(model(image[None].astype(np.float32), training=False))[0]
+            class_index = int(p[0] >= 0.5) if len(p) == 1 else int(p.argmax())
+        cam = np.mean([grad_cam(m, image, class_index, layer_name) for m in members], axis=0)
+        peak = cam.max()
+        return (cam / peak if peak > 0 else cam).astype(np.float32)
     layer = model.get_layer(layer_name or last_conv_layer(model))
     probe = _probe(model, [layer.output, model.outputs[0]])
     x = tf.convert_to_tensor(image[None], tf.float32)
@@ -122,7 +134,7 @@ def first_conv_layer(model: keras.Model) -> keras.layers.Conv2D:
     Raises:
         ValueError: the model has no Conv2D layer.
     """
-    for layer in model.layers:
+    for layer in ensemble_members(model)[0].layers:  # an ensemble's members share one architecture
         if isinstance(layer, keras.layers.Conv2D):
             return layer
     raise ValueError(f"model {model.name!r} has no Conv2D layer")
@@ -151,6 +163,7 @@ def feature_maps(model: keras.Model, image: np.ndarray, layer_name: str | None =
     Returns:
         (F, h, w) float32: one map per channel.
     """
+    model = ensemble_members(model)[0]
     layer = model.get_layer(layer_name) if layer_name else first_conv_layer(model)
     probe = _probe(model, layer.output)
     maps = np.asarray(probe(image[None].astype(np.float32), training=False))[0]

@@ -354,6 +354,9 @@ def synthesize(out_dir: str, n: int = 600, seed: int = 0, *, min_side: int = 192
         for label in CLASSES:
             (root / split / label).mkdir(parents=True, exist_ok=True)
 
+    # ingest records the data as synthetic and the model card says so: radflow.examples.SYNTHETIC_MARKER,
+    # named here without importing it, since synth never pays TensorFlow's import (a test checks they agree)
+    _write(root / ".radflow-synthetic.json", b'{"modality": "chest X-ray"}\n')
     counts = {split: dict.fromkeys(CLASSES, 0) for split in SPLITS}
     corrupt: list[str] = []
     for item, item_seq in zip(planned, image_seq.spawn(len(planned)), strict=True):

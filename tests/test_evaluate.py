@@ -12,12 +12,11 @@ from radflow.components.evaluate.config import EvaluateConfig
 from radflow.components.evaluate.evaluate import (
     BLESSING_FILE,
     CANARY_FILE,
-    Baseline,
-    decide_blessing,
     evaluate,
     read_blessing,
     read_report,
 )
+from radflow.components.evaluate.gates import Baseline, Evidence, decide_blessing
 from radflow.components.evaluate.model_card import MODEL_CARD_FILE
 from radflow.components.train.train import KERAS_MODEL_FILE, SAVED_MODEL_DIR, export_serving
 
@@ -136,49 +135,73 @@ def test_bootstrap_resamples_patients_not_images():
     assert mx.patient_groups(np.array(["a", "", "a", ""])).tolist().count(0) + 1 == 2  # "" never groups
 
 
-def _metrics(**overrides):
-    base = {"roc_auc": 0.9, "recall": 0.92, "specificity": 0.7, "num_examples": 100.0, "num_patients": 40.0}
-    return {**base, **overrides}
+def _evidence(metrics=None, rates=None, intervals=None, names=("NORMAL", "PNEUMONIA"), threshold=0.4):
+    base = {"roc_auc": 0.93, "recall": 0.92, "specificity": 0.8, "num_examples": 100.0, "num_patients": 40.0}
+    ci = {"roc_auc": (0.88, 0.97), "recall": (0.85, 0.97), "specificity": (0.7, 0.9)}
+    return Evidence({**base, **(metrics or {})}, rates or {}, {**ci, **(intervals or {})}, list(names), threshold)
 
 
-INTERVALS = {"roc_auc": (0.86, 0.94), "recall": (0.85, 0.97), "specificity": (0.6, 0.8)}
+def test_default_gates_refuse_the_model_that_called_80_percent_of_normals_pneumonia():
+    """The 2026-12-01 make run: blessed at specificity 0.200 because min_specificity defaulted to 0."""
+    bad = _evidence({"roc_auc": 0.94, "recall": 0.99, "specificity": 0.2}, intervals={"specificity": (0.07, 0.37)})
+    blessing = decide_blessing(bad, EvaluateConfig())
+    assert not blessing.blessed
+    assert blessing.gates["specificity"] == {"value": 0.2, "bound": 0.7, "passed": False}
+    assert blessing.gates["specificity_ci_lower"]["passed"] is False
+    assert "failed specificity, specificity_ci_lower" in blessing.reason
 
 
-def test_absolute_gates_record_value_bound_and_outcome():
-    blessing = decide_blessing(_metrics(), INTERVALS, EvaluateConfig())
-    assert blessing.blessed and blessing.baseline_version is None
-    assert blessing.gates["roc_auc_ci_lower"] == {"value": 0.86, "bound": 0.75, "passed": True}
-    assert "no production model" in blessing.reason
-    failed = decide_blessing(_metrics(recall=0.7), INTERVALS, EvaluateConfig())
-    assert not failed.blessed and failed.gates["sensitivity"] == {"value": 0.7, "bound": 0.8, "passed": False}
-    assert "failed sensitivity" in failed.reason and "sensitivity 0.7000 < 0.8000" in failed.reason
-    low_ci = decide_blessing(_metrics(), {**INTERVALS, "roc_auc": (0.7, 0.95)}, EvaluateConfig())
-    assert not low_ci.blessed and "roc_auc_ci_lower" in low_ci.reason
-    assert not decide_blessing(_metrics(roc_auc=float("nan")), INTERVALS, EvaluateConfig()).blessed
+def test_both_error_types_and_their_ci_lower_ends_are_gated():
+    good = decide_blessing(_evidence(), EvaluateConfig(), model_root="models/radflow")
+    assert good.blessed and good.baseline_version is None and good.decision == "threshold"
+    assert set(good.gates) == {"roc_auc", "roc_auc_ci_lower", "sensitivity", "sensitivity_ci_lower", "specificity",
+                               "specificity_ci_lower"}
+    assert good.gates["roc_auc_ci_lower"] == {"value": 0.88, "bound": 0.75, "passed": True}
+    assert "no production model under models/radflow when it was judged" in good.reason
+    assert "at its operating threshold 0.400" in good.reason
+    shaky = decide_blessing(_evidence(intervals={"recall": (0.6, 0.99)}), EvaluateConfig())
+    assert not shaky.blessed and "failed sensitivity_ci_lower" in shaky.reason
+    assert not decide_blessing(_evidence({"roc_auc": float("nan")}), EvaluateConfig()).blessed
 
 
-def test_without_any_absolute_gate_nothing_is_blessed():
-    ungated = EvaluateConfig(min_roc_auc=None, min_sensitivity=None, min_specificity=None, min_roc_auc_ci_lower=None)
-    blessing = decide_blessing(_metrics(roc_auc=0.999), INTERVALS, ungated)
-    assert not blessing.blessed and "no absolute evaluation gate" in blessing.reason
-    # A production baseline the candidate beats does not bless it either.
-    worse = Baseline(1, _metrics(roc_auc=0.5, recall=0.5, specificity=0.5), 0.5)
-    assert not decide_blessing(_metrics(), INTERVALS, ungated, worse).blessed
-    # A bound of 0 bounds nothing, so it does not count as a gate (KFP parameters cannot carry None).
-    zeros = EvaluateConfig(min_roc_auc=0, min_sensitivity=0, min_specificity=0, min_roc_auc_ci_lower=0)
-    assert not decide_blessing(_metrics(), INTERVALS, zeros).blessed
+def test_three_classes_are_gated_class_by_class_not_on_the_macro_average():
+    names = ("COVID19", "NORMAL", "PNEUMONIA")
+    rates = {"recall/0": 0.97, "recall/1": 0.95, "recall/2": 0.79,  # macro 0.903 would pass 0.85
+             "specificity/0": 0.96, "specificity/1": 0.9, "specificity/2": 0.95}
+    intervals = {k: (v - 0.05, min(1, v + 0.05)) for k, v in rates.items()}
+    evidence = _evidence({"recall": 0.903}, rates, intervals, names, threshold=None)
+    blessing = decide_blessing(evidence, EvaluateConfig())
+    assert not blessing.blessed and blessing.decision == "argmax"
+    assert blessing.gates["sensitivity[PNEUMONIA]"] == {"value": 0.79, "bound": 0.85, "passed": False}
+    assert blessing.gates["sensitivity[COVID19]"]["passed"] and "sensitivity" not in blessing.gates
+    assert "decides by the highest score (argmax)" in blessing.reason and "the weakest is PNEUMONIA" in blessing.reason
+    assert "operating threshold" not in blessing.reason
 
 
-def test_regression_against_production_beyond_tolerance_is_rejected_with_reason():
-    config = EvaluateConfig(max_regression=0.02)
-    near = Baseline(4, _metrics(roc_auc=0.915, recall=0.93), 0.4)  # within 0.02 on both
-    assert decide_blessing(_metrics(), INTERVALS, config, near).blessed
-    better = Baseline(4, _metrics(roc_auc=0.95), 0.4)
-    rejected = decide_blessing(_metrics(), INTERVALS, config, better)
+def test_without_any_gate_nothing_is_blessed():
+    zeros = EvaluateConfig(min_roc_auc=0, min_roc_auc_ci_lower=0, min_sensitivity=0, min_sensitivity_ci_lower=0,
+                           min_specificity=0, min_specificity_ci_lower=0)
+    blessing = decide_blessing(_evidence({"roc_auc": 0.999}), zeros)
+    assert not blessing.blessed and "no evaluation gate is configured" in blessing.reason
+    assert not decide_blessing(_evidence(), zeros, _baseline(4, -0.2)).blessed  # beating production is no gate
+
+
+def _baseline(version, low, metrics=None):
+    """Production whose paired difference intervals (candidate - production) start at `low` for every metric."""
+    m = {"roc_auc": 0.9, "recall": 0.9, "specificity": 0.8, **(metrics or {})}
+    return Baseline(version, m, {}, 0.4, {k: (low, low + 0.1) for k in ("roc_auc", "recall", "specificity")})
+
+
+def test_against_production_the_paired_difference_ci_must_stay_above_the_margin():
+    config = EvaluateConfig(max_regression=0.05)
+    assert decide_blessing(_evidence(), config, _baseline(4, -0.04), "m/radflow").blessed
+    rejected = decide_blessing(_evidence(), config, _baseline(4, -0.07), "m/radflow")
     assert not rejected.blessed and rejected.baseline_version == 4
-    assert rejected.gates["roc_auc_vs_production"]["passed"] is False
-    assert rejected.gates["roc_auc_vs_production"]["bound"] == pytest.approx(0.93)
-    assert "production version 4" in rejected.reason and "roc_auc 0.9000 vs production 0.9500" in rejected.reason
+    gate = rejected.gates["roc_auc_vs_production"]
+    assert gate["passed"] is False and gate["bound"] == -0.05 and gate["difference_ci_lower"] == -0.07
+    assert gate["value"] == pytest.approx(0.03) and gate["production"] == 0.9
+    assert "Judged against production version 4 of m/radflow" in rejected.reason
+    assert "may be worse by more than the 0.05 margin" in rejected.reason
 
 
 @pytest.fixture(scope="module")
@@ -192,10 +215,19 @@ def test_good_model_is_blessed_with_threshold_chosen_on_validation(evaluation):
     assert result.blessing.blessed, result.blessing.reason
     assert read_blessing(out) == result.blessing
     report = read_report(out)
-    assert report["split"] == "test" and report["threshold_split"] == "val"
-    assert report["threshold"] == result.threshold
-    # The operating threshold reaches the target sensitivity on validation, where it was chosen.
-    assert report["val_metrics_at_threshold"]["recall"] >= EvaluateConfig().target_sensitivity
+    point = report["operating_point"]
+    assert report["split"] == "test" and point["source"] == "val" and report["decision"] == "threshold"
+    assert report["threshold"] == result.threshold == point["threshold"]
+    # The operating threshold reaches the target sensitivity on validation, where it was chosen, and the
+    # bootstrap over validation patients says how firm that is.
+    assert point["sensitivity"] >= EvaluateConfig().target_sensitivity
+    assert point["sensitivity_interval"][0] <= point["sensitivity"] <= point["sensitivity_interval"][1]
+    assert point["threshold_interval"][0] <= point["threshold"] <= point["threshold_interval"][1]
+    assert point["patients"] == {"positive": 8, "negative": 8}
+    # 8 patients per class cannot support a 95% target: said plainly, in metrics.json and the blessing.
+    assert any("8 positive patients, too few for a 95% sensitivity target" in w for w in point["warnings"])
+    assert "8 positive and 8 negative patients" in result.blessing.reason
+    assert any("too few" in x for x in result.blessing.limitations)
     assert sum(map(sum, result.confusion_matrix)) == result.metrics["num_examples"] == 48
     assert result.metrics["num_patients"] == 16
     for name in mx.METRIC_NAMES:
@@ -212,16 +244,27 @@ def test_canary_requests_are_real_encoded_test_images_with_their_scores(evaluati
     assert canary["threshold"] == result.threshold
 
 
-def test_model_card_is_self_contained_with_every_section(evaluation):
-    out, _ = evaluation
+def test_model_card_is_self_contained_with_every_section(evaluation, good_model_dir, separable_examples_dir):
+    out, result = evaluation
     with open(os.path.join(out, MODEL_CARD_FILE)) as f:
         page = f.read()
-    for section in ("Data", "Operating point", "confidence intervals", "Gates", "Curves", "What the model looks at"):
+    for section in ("Intended use and limitations", "not for clinical use", "What was trained, on what",
+                    "Images and patients per split and class", "Operating point", "confidence intervals",
+                    "Per class, one vs rest", "Gates", "Curves", "Error analysis", "What the model looks at",
+                    "CLAIM checklist", "Every training option", "Every evaluation option"):
         assert section in page, section
-    assert page.count("src='data:image/png;base64,") == 7  # ROC, PR, calibration, confusion, Grad-CAM, filters, maps
+    training = json.load(open(os.path.join(good_model_dir, "training.json")))
+    assert f"{training['parameters']:,} parameters" in page and "baseline_cnn" in page
+    assert f"Weights kept from epoch {training['best_epoch']}" in page
+    assert "head: " in page and "epochs" in page  # the phases
+    assert f"data fingerprint: {ex.read_metadata(separable_examples_dir).input_fingerprint}" in page
+    assert "too few for a 95% sensitivity target" in page  # the thin-validation warning
+    # ROC, PR, calibration, confusion, training curves, Grad-CAM, filters, feature maps; error analysis if any error
+    errors = sum(map(sum, result.confusion_matrix)) - np.trace(result.confusion_matrix)
+    assert page.count("src='data:image/png;base64,") == 8 + bool(errors)
     assert "src='http" not in page and "src=\"" not in page
     for plot in ("roc.png", "pr.png", "calibration.png", "confusion_matrix.png", "grad_cam.png",
-                 "first_layer_filters.png", "feature_maps.png"):
+                 "first_layer_filters.png", "feature_maps.png", "training_curves.png"):
         assert os.path.getsize(os.path.join(out, plot)) > 3000, plot
 
 
@@ -257,16 +300,18 @@ def test_model_worse_than_production_is_rejected_with_the_reason(good_model_dir,
     assert push(good_model_dir, str(tmp_path / "eval-good"), serving_root).version == 1
 
     worse = _worse_copy(good_model_dir, ex.read_metadata(separable_examples_dir), str(tmp_path / "worse"))
-    lenient = EvaluateConfig(min_roc_auc=0.4, min_sensitivity=0.4, min_roc_auc_ci_lower=None,
-                             bootstrap_resamples=50, explain_images=0)
+    lenient = EvaluateConfig(min_roc_auc=0.4, min_sensitivity=0.4, min_roc_auc_ci_lower=0, min_specificity=0,
+                             min_sensitivity_ci_lower=0, min_specificity_ci_lower=0, bootstrap_resamples=50,
+                             explain_images=0)
     result = evaluate(worse, separable_examples_dir, str(tmp_path / "eval-worse"), lenient, serving_root=serving_root)
     assert result.metrics["roc_auc"] == pytest.approx(0.5)
     assert result.baseline.version == 1 and result.baseline.metrics["roc_auc"] > 0.9
     assert result.baseline.threshold == pytest.approx(first.threshold, abs=1e-6)  # production's served threshold
     blessing = read_blessing(str(tmp_path / "eval-worse"))
-    assert not blessing.blessed
+    assert not blessing.blessed and blessing.baseline_version == 1
     assert blessing.gates["roc_auc"]["passed"] and not blessing.gates["roc_auc_vs_production"]["passed"]
-    assert "production version 1" in blessing.reason and "regresses" in blessing.reason
+    assert blessing.gates["roc_auc_vs_production"]["difference_ci_lower"] < -0.3
+    assert "production version 1" in blessing.reason and "may be worse" in blessing.reason
 
 
 def test_missing_blessing_is_refused(tmp_path):
@@ -275,12 +320,11 @@ def test_missing_blessing_is_refused(tmp_path):
 
 
 def test_image_level_splits_are_a_limitation_in_the_blessing_and_card():
-    from radflow.components.evaluate.evaluate import data_limitations, decide_blessing
+    from radflow.components.evaluate.evaluate import data_limitations
 
     metadata = ex.DatasetMetadata(("A", "B"), 16, patient_ids={"none": 90, "pattern": 10}, image_level_splits=True)
     [limit] = data_limitations(metadata)
     assert "image-level" in limit and "90 of 100 images had no patient id" in limit
-    metrics = {"roc_auc": 0.95, "recall": 0.9, "specificity": 0.9, "num_examples": 40.0, "num_patients": 40.0}
-    blessing = decide_blessing(metrics, {"roc_auc": (0.9, 0.99)}, EvaluateConfig(), limitations=[limit])
-    assert blessing.reason.endswith("Limitations: " + limit)
+    blessing = decide_blessing(_evidence(), EvaluateConfig(), limitations=[limit])
+    assert blessing.reason.endswith("Limitations: " + limit) and blessing.limitations == [limit]
     assert data_limitations(ex.DatasetMetadata(("A", "B"), 16, patient_ids={"pattern": 10})) == []

@@ -120,10 +120,34 @@ def test_existing_versions_are_never_overwritten(good_model_dir, evaluation_dir,
     root = tmp_path / "serving" / "radflow"
     (root / "7").mkdir(parents=True)
     (root / "7" / "marker").write_text("old")
-    result = push(good_model_dir, evaluation_dir, str(tmp_path / "serving"), FAST)
+    judged = tmp_path / "evaluation"  # an evaluation that was judged against that version 7
+    shutil.copytree(evaluation_dir, judged)
+    blessing = json.loads((judged / BLESSING_FILE).read_text())
+    (judged / BLESSING_FILE).write_text(json.dumps({**blessing, "baseline_version": 7}))
+    result = push(good_model_dir, str(judged), str(tmp_path / "serving"), FAST)
     assert result.version == 8
     assert (root / "7" / "marker").read_text() == "old"
     assert read_lineage(str(root), 8)["parent_version"] == 7
+
+
+def test_a_blessing_judged_against_an_older_production_is_refused_or_compared_again(good_model_dir, evaluation_dir,
+                                                                                   tmp_path):
+    """The same run pushed twice used to become versions 1, 2 and 3, each 'with no production model yet'."""
+    serving = str(tmp_path / "serving")
+    first = push(good_model_dir, evaluation_dir, serving, FAST)
+    assert first.pushed and first.production_check == {"judged_against": None, "at_push": None,
+                                                       "action": "unchanged", "reason": ""}
+    again = push(good_model_dir, evaluation_dir, serving, FAST)
+    assert not again.pushed and again.production_check["action"] == "refused"
+    assert "stale blessing: the blessing was judged against no production model, but production under" in again.reason
+    assert "is now version 1" in again.reason and versions(os.path.join(serving, "radflow")) == [1]
+    recompared = push(good_model_dir, evaluation_dir, serving, PushConfig(latency_requests=3,
+                                                                          on_stale_blessing="recompare"))
+    assert recompared.pushed and recompared.version == 2, recompared.reason
+    check = read_lineage(os.path.join(serving, "radflow"), 2)["production_check"]
+    assert check["action"] == "recompared" and check["judged_against"] is None and check["at_push"] == 1
+    assert check["gates"]["roc_auc_vs_production"]["passed"]  # the same model: a difference of exactly 0
+    assert check["gates"]["roc_auc_vs_production"]["difference_ci_lower"] == 0
 
 
 def test_retention_keeps_the_newest_and_never_the_served_one(tmp_path):

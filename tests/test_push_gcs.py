@@ -3,6 +3,7 @@
 import base64
 import json
 import os
+import shutil
 import socket
 
 import pytest
@@ -10,7 +11,7 @@ import tensorflow as tf
 
 from radflow import fileio
 from radflow.components.evaluate.config import EvaluateConfig
-from radflow.components.evaluate.evaluate import CANARY_FILE, evaluate
+from radflow.components.evaluate.evaluate import BLESSING_FILE, CANARY_FILE, evaluate
 from radflow.components.push.config import PushConfig
 from radflow.components.push.layout import SAVED_MODEL_PB, read_lineage, versions
 from radflow.components.push.push import list_versions, push, rollback
@@ -74,8 +75,15 @@ def test_push_publish_list_retain_and_roll_back_on_gcs(gcs, good_model_dir, sepa
     # and its number is never reused.
     fileio.write_text_atomic(f"{model_root}/2/variables/variables.index", "partial")
     assert versions(model_root) == [1]
-    second = push(good_model_dir, evaluation, serving, config)
-    assert second.version == 3 and versions(model_root) == [1, 3]
+    # The same evaluation again is stale (judged with no production, which is now version 1).
+    stale = push(good_model_dir, evaluation, serving, config)
+    assert not stale.pushed and "stale blessing" in stale.reason and versions(model_root) == [1]
+    judged = tmp_path / "judged-against-1"  # an evaluation judged against version 1
+    shutil.copytree(evaluation, judged)
+    blessing = json.loads((judged / BLESSING_FILE).read_text())
+    (judged / BLESSING_FILE).write_text(json.dumps({**blessing, "baseline_version": 1}))
+    second = push(good_model_dir, str(judged), serving, config)
+    assert second.version == 3 and versions(model_root) == [1, 3], second.reason
 
     back = rollback(serving, 1, config, run_id="oncall")
     assert back.pushed and back.version == 4 and back.removed_versions == [1]  # keep_versions=2

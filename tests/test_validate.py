@@ -474,3 +474,36 @@ def test_a_curated_schema_for_other_labels_says_how_to_proceed():
     chest = ex.DatasetMetadata(("NORMAL", "PNEUMONIA"), SIZE, 1, {})
     assert v._label_set_mismatch(schema, chest, ValidateConfig(schema_name="chest_xray")) == []
     assert v._label_set_mismatch(schema, brain, ValidateConfig(schema_name="")) == []
+
+
+def test_a_class_that_is_all_png_is_a_shortcut_named_source_format(tmp_path):
+    """DeGrave et al. 2021's trap: COVID19 images come from one source (all PNG), the others are JPEG."""
+    labels = ("COVID19", "NORMAL", "PNEUMONIA")
+    rng = np.random.default_rng(5)
+    counts = {}
+    for split, n in (("train", 90), ("val", 30), ("test", 30)):
+        os.makedirs(tmp_path / "examples" / split)
+        counts[split] = dict.fromkeys(labels, 0)
+        with tf.io.TFRecordWriter(str(tmp_path / "examples" / split / f"{split}-0.tfrecord")) as w:
+            for i in range(n):
+                c = i % 3
+                info = ex.ImageFeatures.measure(source_image(rng), "PNG" if c == 0 else "JPEG",
+                                                patient_key=f"{split}-{i}")
+                w.write(ex.make_example(rng.integers(0, 256, (SIZE, SIZE, 1), np.uint8), c, labels[c], info))
+                counts[split][labels[c]] += 1
+    ex.write_metadata(str(tmp_path / "examples"), ex.DatasetMetadata(labels, SIZE, 1, counts))
+    result = v.validate(str(tmp_path / "examples"), str(tmp_path / "validation"), ValidateConfig(schema_name=""))
+    [line] = result.shortcuts
+    assert "feature 'source_format' alone predicts 'COVID19' at one-feature ROC AUC 1.000" in line
+    assert "PNG in 40 of 40 COVID19 images, 0 of 80 others" in line
+    assert line in result.warnings and line not in result.anomalies  # warn by default
+    assert line in open(tmp_path / "validation" / v.REPORT_FILE).read()
+    assert v.read_result(str(tmp_path / "validation")).shortcuts == [line]
+    with pytest.raises(v.DataValidationError, match="source_format"):
+        v.validate(str(tmp_path / "examples"), str(tmp_path / "blocked"),
+                   ValidateConfig(schema_name="", shortcut_action="block"))
+
+
+def test_no_shortcut_when_formats_are_mixed_across_classes(clean):
+    _, result = clean
+    assert result.shortcuts == []

@@ -4,27 +4,50 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+THRESHOLD_SOURCES = ("val", "oof")
+
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    # Operating point, chosen on the validation split only (binary models).
+    # Operating point, never chosen on test (binary models; multi-class models decide by the highest score).
     threshold_method: str = "target_sensitivity"  # target_sensitivity | youden | fixed
-    target_sensitivity: float = 0.95  # target_sensitivity: the share of validation positives the threshold must catch
+    target_sensitivity: float = 0.95  # target_sensitivity: the share of positives the threshold must catch
     fixed_threshold: float = 0.5  # fixed: the threshold itself
-    # Absolute gates on the test split; None or 0 disables a gate (KFP parameters cannot carry None, so the
-    # defaults use 0). With no enabled gate nothing is blessed.
-    min_roc_auc: float | None = 0.85  # test ROC AUC at or above this
-    min_sensitivity: float | None = 0.8  # test sensitivity (recall) at the operating point at or above this
-    min_specificity: float | None = 0.0  # test specificity at the operating point at or above this
-    min_roc_auc_ci_lower: float | None = 0.75  # lower bound of the test ROC AUC confidence interval at or above this
-    # Comparison with the production model (the highest version under serving_root) on the same test images.
-    max_regression: float = 0.02  # a gated metric may fall at most this much below production's
+    # Where the threshold is chosen: "val", or "oof": the out-of-fold predictions of train's cv_folds
+    # models over train+val, more data than val alone (needs train.cv_folds >= 2).
+    threshold_source: str = "val"
+    # Absolute gates on the test split; 0 disables a gate, and with none enabled nothing is blessed.
+    # The defaults suit a screening aid that puts studies in front of a radiologist: it must find most
+    # disease (sensitivity) without flooding the worklist with normal studies (specificity), and both
+    # must hold at the lower end of their patient-bootstrap 95% CI too, so a small or lucky test split
+    # cannot pass on its point estimate. For more than two classes, sensitivity and specificity are
+    # each class's own (one vs rest), every class gated: the weakest class decides, never the average.
+    min_roc_auc: float = 0.85  # test ROC AUC (macro one-vs-rest for more than two classes)
+    min_roc_auc_ci_lower: float = 0.75  # lower end of its CI
+    min_sensitivity: float = 0.85  # sensitivity at the operating point: at most 15% of disease missed
+    min_sensitivity_ci_lower: float = 0.70  # lower end of its CI
+    min_specificity: float = 0.70  # specificity at the operating point: at most 30% of normals flagged
+    min_specificity_ci_lower: float = 0.50  # lower end of its CI
+    # Comparison with the production model (the live version under serving_root) on the same test images:
+    # for every gated metric, the paired patient-bootstrap CI of candidate minus production must stay above
+    # -max_regression (a non-inferiority margin; 0.05 is a common one for sensitivity and specificity).
+    max_regression: float = 0.05
     # Confidence intervals: a bootstrap over patients.
     bootstrap_resamples: int = 1000  # resamples; the interval's own noise shrinks with more
     ci_level: float = 0.95  # coverage of the intervals
     calibration_bins: int = 10  # equal-width probability bins of the reliability curve and ECE
     # Model card and push.
     explain_images: int = 3  # test images shown with Grad-CAM, each for correct and for incorrect predictions
+    error_analysis_images: int = 8  # the test images the model got most wrong, false negatives first
     canary_images: int = 8  # encoded test images kept, with their scores, as push's infra-validation requests
     batch_size: int = 64  # images per call to the serving signature
     seed: int = 0  # bootstrap resampling
+
+    def __post_init__(self):
+        if self.threshold_source not in THRESHOLD_SOURCES:
+            raise ValueError(f"threshold_source must be one of {THRESHOLD_SOURCES}, got {self.threshold_source!r}")
+        for name in ("target_sensitivity", "min_roc_auc", "min_roc_auc_ci_lower", "min_sensitivity",
+                     "min_sensitivity_ci_lower", "min_specificity", "min_specificity_ci_lower", "ci_level"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")

@@ -203,6 +203,40 @@ def patient_groups(patients: np.ndarray) -> np.ndarray:
     return np.unique(keys, return_inverse=True)[1]
 
 
+def class_rates(
+    y_true: np.ndarray, scores: np.ndarray, threshold: float | None, w: np.ndarray | None = None
+) -> dict[str, float]:
+    """Each class's recall and one-vs-rest specificity at the operating point, as "recall/<c>" and
+    "specificity/<c>" (c the class index): what the gates bound class by class, so that a class the
+    model misses cannot hide behind the others' average."""
+    k = scores.shape[1]
+    cm = confusion_matrix(y_true, predict(scores, threshold), k, _weights(len(y_true), w))
+    out = {}
+    for c in range(k):
+        rates = _one_vs_rest(cm, c)
+        out[f"recall/{c}"], out[f"specificity/{c}"] = rates["recall"], rates["specificity"]
+    return out
+
+
+def _resample_weights(patients: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """(n_resamples, N) image weights: how often each image's patient was drawn in each resample."""
+    groups = patient_groups(patients)
+    n_patients = int(groups.max()) + 1
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n_patients, np.full(n_patients, 1.0 / n_patients), size=n_resamples)[:, groups]
+
+
+def _percentiles(samples: list[dict[str, float]], level: float) -> dict[str, tuple[float, float]]:
+    alpha = (1 - level) / 2
+    out = {}
+    for name in samples[0]:
+        values = np.array([s[name] for s in samples], dtype=float)
+        values = values[np.isfinite(values)]
+        out[name] = (float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))) if len(values) else (
+            float("nan"), float("nan"))
+    return out
+
+
 def bootstrap_intervals(
     y_true: np.ndarray,
     scores: np.ndarray,
@@ -228,22 +262,109 @@ def bootstrap_intervals(
         seed: random seed, for reproducible reports.
 
     Returns:
-        Metric name -> (low, high). Resamples where a metric is undefined (e.g. no positive
-        drawn) are left out of that metric's interval.
+        Metric name -> (low, high), for METRIC_NAMES and `class_rates`' keys. Resamples where a
+        metric is undefined (e.g. no positive drawn) are left out of that metric's interval.
     """
-    groups = patient_groups(patients)
-    n_patients = int(groups.max()) + 1
-    rng = np.random.default_rng(seed)
-    draws = rng.multinomial(n_patients, np.full(n_patients, 1.0 / n_patients), size=n_resamples)
-    samples = np.array([list(compute_metrics(y_true, scores, threshold, counts[groups]).values())
-                        for counts in draws])
+    samples = [compute_metrics(y_true, scores, threshold, w) | class_rates(y_true, scores, threshold, w)
+               for w in _resample_weights(patients, n_resamples, seed)]
+    return _percentiles(samples, level)
+
+
+def paired_differences(
+    y_true: np.ndarray,
+    candidate: tuple[np.ndarray, float | None],
+    reference: tuple[np.ndarray, float | None],
+    patients: np.ndarray,
+    n_resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, tuple[float, float]]:
+    """Intervals of candidate minus reference for every metric, both scored on each same resample.
+
+    Pairing is what makes the comparison sharp: both models meet the same lucky or unlucky draw
+    of patients, so the interval of the difference is far narrower than two separate intervals.
+
+    Args:
+        y_true: int labels (N,) of the images both models scored.
+        candidate: its scores (N, K) and operating threshold.
+        reference: the other model's scores (N, K) and threshold.
+        patients: patient key of each image.
+        n_resamples: bootstrap resamples (of patients).
+        level: coverage.
+        seed: random seed.
+
+    Returns:
+        Metric name -> (low, high) of the difference, for METRIC_NAMES and `class_rates`' keys.
+    """
+    def both(w):
+        a = compute_metrics(y_true, *candidate, w) | class_rates(y_true, *candidate, w)
+        b = compute_metrics(y_true, *reference, w) | class_rates(y_true, *reference, w)
+        return {k: a[k] - b[k] for k in a}
+
+    return _percentiles([both(w) for w in _resample_weights(patients, n_resamples, seed)], level)
+
+
+def delong_test(y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> dict[str, float]:
+    """DeLong's test of two correlated ROC AUCs on the same images (DeLong, DeLong and Clarke-Pearson 1988).
+
+    Each positive's and negative's placement value (the share of the other class it beats, ties
+    half) gives the structural components; their covariance across the two models is the
+    variance of the AUC difference. Computed from midranks, O(N log N) (Sun and Xu 2014).
+
+    Args:
+        y_true: 0/1 labels (N,).
+        score_a: model A's positive scores (N,).
+        score_b: model B's positive scores (N,).
+
+    Returns:
+        auc_a, auc_b, difference (a - b), its standard error, z and the two-sided p-value.
+
+    Raises:
+        ValueError: a class is missing.
+    """
+    pos, neg = y_true == 1, y_true != 1
+    m, n = int(pos.sum()), int(neg.sum())
+    if not m or not n:
+        raise ValueError("DeLong's test needs both classes among the images")
+    v10, v01 = [], []
+    for score in (score_a, score_b):
+        ranks_all = _midranks(score)
+        ranks_pos, ranks_neg = _midranks(score[pos]), _midranks(score[neg])
+        v10.append((ranks_all[pos] - ranks_pos) / n)  # for each positive: share of negatives below it
+        v01.append(1.0 - (ranks_all[neg] - ranks_neg) / m)  # for each negative: share of positives above it
+    aucs = [float(v.mean()) for v in v10]
+    s10, s01 = np.cov(np.vstack(v10)), np.cov(np.vstack(v01))
+    variance = (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / m + (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / n
+    diff = aucs[0] - aucs[1]
+    se = float(np.sqrt(max(variance, 0.0)))
+    z = diff / se if se > 0 else (0.0 if diff == 0 else float("inf") * np.sign(diff))
+    from math import erfc, sqrt
+
+    return {"auc_a": aucs[0], "auc_b": aucs[1], "difference": diff, "se": se, "z": float(z),
+            "p_value": float(erfc(abs(z) / sqrt(2))) if np.isfinite(z) else 0.0}
+
+
+def _midranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties given their mean rank."""
+    values, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return ((ends - counts + 1 + ends) / 2.0)[inverse]
+
+
+def threshold_interval(
+    y_true: np.ndarray, positive_score: np.ndarray, patients: np.ndarray, method: str, target_sensitivity: float,
+    n_resamples: int = 1000, level: float = 0.95, seed: int = 0,
+) -> tuple[float, float]:
+    """How far the operating threshold moves when it is chosen again on resampled validation patients."""
+    chosen = []
+    for w in _resample_weights(patients, n_resamples, seed):
+        keep = w > 0
+        y = np.repeat(y_true[keep], w[keep])
+        if (y == 1).any() and (y != 1).any():
+            chosen.append(choose_threshold(y, np.repeat(positive_score[keep], w[keep]), method, target_sensitivity))
     alpha = (1 - level) / 2
-    out = {}
-    for i, name in enumerate(METRIC_NAMES):
-        values = samples[:, i][np.isfinite(samples[:, i])]
-        out[name] = (float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))) if len(values) else (
-            float("nan"), float("nan"))
-    return out
+    return (float(np.quantile(chosen, alpha)), float(np.quantile(chosen, 1 - alpha))) if chosen else (
+        float("nan"), float("nan"))
 
 
 def choose_threshold(

@@ -31,7 +31,23 @@ CONFUSION_PLOT = "confusion_matrix.png"
 GRAD_CAM_PLOT = "grad_cam.png"
 FILTERS_PLOT = "first_layer_filters.png"
 FEATURE_MAPS_PLOT = "feature_maps.png"
+ERRORS_PLOT = "error_analysis.png"
+TRAINING_CURVES = "training_curves.png"  # train's, copied in: loss and AUC per epoch, the kept epoch marked
 MODEL_CARD_FILE = "model_card.html"
+# What the card answers of the CLAIM checklist (Mongan et al. 2020), by the checklist's headings.
+CLAIM_ITEMS = (
+    ("Data: sources, inclusion and exclusion (quarantine), preprocessing", "What was trained, on what (inputs)"),
+    ("Data: de-identification", "ingest's header allow-list and keyed patient ids (docs/ingest.md)"),
+    ("Ground truth: definition of the labels", "Model card title and classes; labels from folders or a manifest"),
+    ("Data partitions: patient-level splits, sizes per class", "Images and patients per split and class"),
+    ("Model: architecture, parameters", "What was trained, on what"),
+    ("Training: options, phases, model selection", "Every training option; phases; kept epoch; cross-validation"),
+    ("Evaluation: metrics, uncertainty (CIs), operating point", "Operating point; Test metrics; Gates"),
+    ("Evaluation: comparison with a reference model", "Against production"),
+    ("Results: failure analysis", "Error analysis"),
+    ("Interpretability: saliency", "Error analysis; What the model looks at"),
+    ("Discussion: limitations and intended use", "Intended use and limitations"),
+)
 _METRIC_LABELS = {
     "accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "precision": "precision (PPV)",
     "npv": "NPV", "recall": "sensitivity (recall)", "specificity": "specificity", "f1": "F1", "mcc": "MCC",
@@ -244,36 +260,137 @@ img{max-width:100%;margin:4px}.note{color:#555;font-size:.9em}
 </style>"""
 
 
+def _error_cases(result: EvaluationResult, test: Scored, n: int) -> list[tuple[str, int]]:
+    """The test images the model got most wrong, false negatives first: (kind, index) pairs.
+
+    Binary: missed positives by lowest positive score, then false alarms by highest. Beyond two
+    classes: every error by the score it gave the true class, lowest first.
+    """
+    predicted = mx.predict(test.scores, result.threshold)
+    wrong = np.flatnonzero(predicted != test.labels)
+    if result.threshold is not None:
+        misses = sorted((i for i in wrong if test.labels[i] == 1), key=lambda i: test.scores[i, 1])
+        alarms = sorted((i for i in wrong if test.labels[i] == 0), key=lambda i: -test.scores[i, 1])
+        cases = [("false negative", int(i)) for i in misses] + [("false positive", int(i)) for i in alarms]
+    else:
+        cases = [("error", int(i)) for i in sorted(wrong, key=lambda i: test.scores[i, test.labels[i]])]
+    return cases[:n]
+
+
+def plot_error_analysis(model_path: str, result: EvaluationResult, test: Scored, n: int, path: str,
+                        layer_name: str | None = None) -> bool:
+    """The most wrong test images beside their Grad-CAM for the predicted class; False when there are none."""
+    import keras
+    import tensorflow as tf
+
+    from radflow import explain
+    from radflow.preprocessing import preprocess_pixels
+
+    cases = _error_cases(result, test, n)
+    if not cases:
+        return False
+    plt = _pyplot()
+    model = keras.models.load_model(model_path, compile=False)
+    size = test.images.shape[1]
+    fig, axes = plt.subplots(len(cases), 2, figsize=(5.2, 2.6 * len(cases)), squeeze=False)
+    for row, (kind, i) in enumerate(cases):
+        image = preprocess_pixels(tf.constant(test.images[i]), size).numpy()
+        predicted = int(mx.predict(test.scores[i: i + 1], result.threshold)[0])
+        heat = explain.grad_cam(model, image, class_index=predicted, layer_name=layer_name)
+        true = result.label_names[test.labels[i]]
+        axes[row, 0].imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
+        axes[row, 0].set_title(f"{kind}: true {true}", fontsize=8)
+        axes[row, 1].imshow(explain.overlay(image, heat))
+        score = test.scores[i, test.labels[i]]
+        axes[row, 1].set_title(f"called {result.label_names[predicted]}; P({true})={score:.3f}", fontsize=8)
+        for ax in axes[row]:
+            ax.axis("off")
+    fig.suptitle("Most wrong test images, Grad-CAM of the class called", fontsize=9)
+    _save(fig, path)
+    return True
+
+
+def _kv(values: dict) -> str:
+    return _table(["option", "value"], [[k, json.dumps(v) if isinstance(v, (list, dict, tuple)) else v]
+                                        for k, v in values.items()])
+
+
+def _ci_text(value: float, interval) -> str:
+    return f"{_fmt(value)} ({_fmt(interval[0])} - {_fmt(interval[1])})"
+
+
 def model_card_html(report: dict, result: EvaluationResult, plots: dict[str, str], model_dir: str) -> str:
-    """The page: verdict, data, operating point, metrics with CIs, gates, comparison, plots, explanations."""
-    b = result.blessing
-    data = report["data"]
+    """The page, in the order a reviewer reads it: verdict, intended use and limitations, what was trained on
+    what, the operating point, test metrics with CIs, gates, the comparison, curves, error analysis, and
+    the CLAIM items it covers."""
+    b, data, training, op = result.blessing, report["data"], report.get("training") or {}, result.operating_point
     level = f"{report['ci_level']:.0%}"
+    names = result.label_names
+    what = data.get("modality") or "medical"
     parts = ["<!doctype html><meta charset='utf-8'><title>radflow model card</title>", _STYLE,
-             "<h1>Model card</h1>",
+             f"<h1>Model card: {html.escape(' / '.join(names))} from {html.escape(what)} images</h1>",
              f"<p class='note'>model: {html.escape(model_dir)}<br>examples: {html.escape(data['examples_dir'])}"
              f"<br>data fingerprint: {html.escape(str(data.get('input_fingerprint') or 'not recorded'))}</p>",
              f"<div class='verdict {'yes' if b.blessed else 'no'}'>{'BLESSED' if b.blessed else 'NOT BLESSED'}</div>",
              f"<p>{html.escape(b.reason)}</p>",
-             *([f"<h2>Limitations</h2><ul>{''.join(f'<li>{html.escape(x)}</li>' for x in data['limitations'])}</ul>"]
-               if data.get("limitations") else []),
-             "<h2>Data</h2>"]
-    names = result.label_names
-    counts = data["counts"]
-    parts.append(_table(["split", *names, "images", "patients"],
-                        [[s, *(counts.get(s, {}).get(n, 0) for n in names), sum(counts.get(s, {}).values()),
-                          data["patients"].get(s, "")] for s in counts]))
+             "<h2>Intended use and limitations</h2>",
+             f"<p>Research and evaluation of a classifier of {html.escape(what)} images into "
+             f"{html.escape(', '.join(names))}. Not a medical device and <b>not for clinical use</b>: a radiologist "
+             "decides. " + ("It decides by the highest score (argmax), not by a threshold." if result.threshold is None
+                            else f"It calls an image {html.escape(names[1])} when P({html.escape(names[1])}) is at "
+                                 f"or above {result.threshold:.4f}.") + "</p>",
+             "<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in report.get("limitations", [])) +
+             "<li>Figures describe this test split only; another hospital, scanner or population can behave "
+             "differently.</li></ul>"]
+
+    parts.append("<h2>What was trained, on what</h2>")
+    if training:
+        arch = (f"an ensemble of {training['ensemble']} cross-validation fold models of {training['model']}, "
+                "scores averaged" if training.get("ensemble") else html.escape(str(training.get("model"))))
+        phases = ", ".join(f"{p}: {e} epochs" for p, e in zip(training.get("phases", []),
+                                                               training.get("phase_epochs", []), strict=False))
+        parts.append(f"<p>Architecture: {arch}; {training.get('parameters', 0):,} parameters; trained under "
+                     f"{html.escape(str(training.get('strategy')))} ({training.get('replicas')} replica(s), "
+                     f"{html.escape(str(training.get('dtype_policy')))}). Phases: {html.escape(phases or 'n/a')}. "
+                     + (f"Weights kept from epoch {training['best_epoch']} (validation AUC "
+                        f"{_fmt(training.get('best_val_auc'))})." if training.get("best_epoch") else "") + "</p>")
+        cv = training.get("cv")
+        if cv:
+            parts.append(f"<h3>Cross-validation ({cv['folds']} patient-grouped folds over train+val)</h3>")
+            parts.append(_table(["metric", "mean", "sd"], [[m, _fmt(v["mean"]), _fmt(v["std"])]
+                                                         for m, v in cv["metrics"].items()]))
+            parts.append(_table(["fold", "train images", "held-out images", "best epoch", "val_auc"],
+                                [[f["fold"], f["train_examples"], f["val_examples"], f["best_epoch"],
+                                  _fmt(f.get("val_auc"))] for f in cv["per_fold"]]))
+        if training.get("config"):
+            parts.append("<details><summary>Every training option</summary>" + _kv(training["config"]) + "</details>")
+    else:
+        parts.append("<p>No training.json beside the model: architecture and training options not recorded.</p>")
+    if TRAINING_CURVES in plots:
+        parts.append(embed_png(plots[TRAINING_CURVES], width=700))
+    counts, patients = data["counts"], data.get("patients_per_class", {})
+    parts.append("<h3>Images and patients per split and class</h3>")
+    parts.append(_table(["split", *(f"{n} images" for n in names), *(f"{n} patients" for n in names)],
+                        [[s, *(counts.get(s, {}).get(n, 0) for n in names),
+                          *(patients.get(s, {}).get(n, "") for n in names)] for s in counts]))
+    ids = data.get("patient_ids") or {}
+    parts.append(f"<p class='note'>Inputs: {html.escape(json.dumps(data.get('states', {})))}; quarantine reasons: "
+                 f"{html.escape(json.dumps(data.get('quarantine_reasons', {})))}; patient ids from "
+                 f"{html.escape(json.dumps(ids))}; layout {html.escape(str(data.get('layout')))}; images stored at "
+                 f"{data.get('image_size')} px ({html.escape(str(data.get('resize_policy')))}).</p>")
+    if report.get("shortcuts"):
+        parts.append("<h3>Shortcut warnings (validate)</h3><ul>" +
+                     "".join(f"<li>{html.escape(x)}</li>" for x in report["shortcuts"]) + "</ul>")
+
     parts.append("<h2>Operating point</h2>")
     if result.threshold is None:
-        parts.append("<p>Multi-class model: the predicted class is the highest-scoring one.</p>")
+        parts.append("<p>Multi-class model: it decides by the highest score (argmax); no threshold is used.</p>")
     else:
-        val = report["val_metrics_at_threshold"]
-        parts.append(f"<p>Threshold <b>{result.threshold:.4f}</b> on P({html.escape(names[1])}), chosen on the "
-                     f"<b>validation</b> split by <code>{html.escape(report['threshold_method'])}</code> "
-                     f"(target sensitivity {report['config']['target_sensitivity']}); on validation it gives "
-                     f"sensitivity {val['recall']:.3f} and specificity {val['specificity']:.3f}. An image is "
-                     f"called {html.escape(names[1])} when its score is at or above the threshold; the served "
-                     "model returns this threshold with every answer.</p>")
+        parts.append(f"<p>Threshold <b>{result.threshold:.4f}</b> on P({html.escape(names[1])}). "
+                     f"{html.escape(op.sentence(report['ci_level']))}</p>")
+        parts.extend(f"<p class='note'>{html.escape(w)}</p>" for w in op.warnings)
+    parts.append("<details><summary>Every evaluation option</summary>" + _kv(report["config"]) + "</details>")
+
     parts.append(f"<h2>Test metrics with {level} confidence intervals</h2>"
                  "<p class='note'>Intervals: percentile bootstrap over patients "
                  f"({report['config']['bootstrap_resamples']} resamples), so images of one patient move "
@@ -282,11 +399,11 @@ def model_card_html(report: dict, result: EvaluationResult, plots: dict[str, str
                         [[_METRIC_LABELS[k], _fmt(result.metrics[k]),
                           f"{_fmt(result.intervals[k][0])} - {_fmt(result.intervals[k][1])}"]
                          for k in mx.METRIC_NAMES]))
-    if report["per_class"]:
-        parts.append("<h3>Per class, one vs rest</h3>")
-        keys = ["precision", "recall", "specificity", "f1", "roc_auc", "support"]
-        parts.append(_table(["class", *keys],
-                            [[c, *(_fmt(m[k]) for k in keys)] for c, m in report["per_class"].items()]))
+    parts.append("<h3>Per class, one vs rest</h3>")
+    parts.append(_table(["class", f"sensitivity ({level} CI)", f"specificity ({level} CI)"],
+                        [[n, _ci_text(result.rates[f"recall/{c}"], result.intervals[f"recall/{c}"]),
+                          _ci_text(result.rates[f"specificity/{c}"], result.intervals[f"specificity/{c}"])]
+                         for c, n in enumerate(names)]))
     parts.append("<h2>Gates</h2>")
     parts.append(_table(["gate", "value", "bound", "passed"],
                         [[n, _fmt(g["value"]), _fmt(g["bound"]), "yes" if g["passed"] else "NO"]
@@ -294,24 +411,34 @@ def model_card_html(report: dict, result: EvaluationResult, plots: dict[str, str
     if result.baseline is not None:
         base = result.baseline
         parts.append(f"<h3>Against production version {base.version}</h3><p class='note'>Same test images; "
-                     f"production at its served threshold {_fmt(base.threshold)}.</p>")
-        parts.append(_table(["metric", "candidate", f"production v{base.version}", "difference"],
+                     f"production at its served threshold {_fmt(base.threshold)}; the interval is a paired "
+                     "patient bootstrap of candidate minus production.</p>")
+        parts.append(_table(["metric", "candidate", f"production v{base.version}", f"difference ({level} CI)"],
                             [[_METRIC_LABELS[k], _fmt(result.metrics[k]), _fmt(base.metrics[k]),
-                              _fmt(result.metrics[k] - base.metrics[k])] for k in mx.METRIC_NAMES]))
+                              _ci_text(result.metrics[k] - base.metrics[k], base.differences.get(k, (None, None)))]
+                             for k in mx.METRIC_NAMES]))
     parts.append("<h2>Curves</h2>")
     parts.extend(embed_png(plots[p], width=420) for p in (ROC_PLOT, PR_PLOT, CALIBRATION_PLOT, CONFUSION_PLOT)
                  if p in plots)
+    parts.append("<h2>Error analysis</h2>")
+    if ERRORS_PLOT in plots:
+        parts.append("<p class='note'>The test images the model got most wrong, false negatives first, each with "
+                     "Grad-CAM of the class it called (red: the strongest evidence). A heat map outside the anatomy "
+                     "that matters is a warning sign of a shortcut.</p>" + embed_png(plots[ERRORS_PLOT]))
+    else:
+        cm = np.array(result.confusion_matrix)
+        parts.append("<p>No test image was misclassified.</p>" if cm.sum() == np.trace(cm)
+                     else "<p>No Keras model beside the export: no error analysis images.</p>")
     parts.append("<h2>What the model looks at</h2>")
     if GRAD_CAM_PLOT in plots:
-        parts.append("<p class='note'>Grad-CAM heatmaps (red: strongest evidence for the predicted class) for the "
-                     "most confident correct and incorrect test predictions. They show where the network looked, "
-                     "not why; a heatmap outside the lungs is a warning sign of shortcut learning.</p>")
-        parts.extend(embed_png(plots[p]) for p in (GRAD_CAM_PLOT, FILTERS_PLOT, FEATURE_MAPS_PLOT))
+        parts.append("<p class='note'>Grad-CAM heatmaps for the most confident correct and incorrect test "
+                     "predictions. They show where the network looked, not why.</p>")
+        parts.extend(embed_png(plots[p]) for p in (GRAD_CAM_PLOT, FILTERS_PLOT, FEATURE_MAPS_PLOT) if p in plots)
     else:
         parts.append("<p>No Keras model was found beside the export, so no explanations were made.</p>")
-    parts.append("<h2>Limitations</h2><p class='note'>Figures describe this test split only; a different "
-                 "hospital, scanner or population can behave differently. The threshold was chosen for a target "
-                 "sensitivity on a small validation split, so test sensitivity can fall below the target.</p>")
+    parts.append("<h2>CLAIM checklist items covered</h2><p class='note'>Checklist for Artificial Intelligence in "
+                 "Medical Imaging (Mongan, Moy and Kahn, Radiology: Artificial Intelligence 2020).</p>")
+    parts.append(_table(["CLAIM item", "where"], [[item, where] for item, where in CLAIM_ITEMS]))
     return "\n".join(parts)
 
 
@@ -319,20 +446,28 @@ def write_model_card(
     out_dir: str, model_dir: str, result: EvaluationResult, report: dict, test: Scored, config: EvaluateConfig
 ) -> str:
     """Writes the plots and model_card.html into out_dir; returns the page's path."""
+    import shutil
+
     from radflow import fileio
-    from radflow.components.train.train import KERAS_MODEL_FILE, RESULT_FILE
+    from radflow.components.train.train import CURVES_FILE, KERAS_MODEL_FILE
 
     plots = {name: os.path.join(out_dir, name) for name in (ROC_PLOT, PR_PLOT, CALIBRATION_PLOT, CONFUSION_PLOT)}
     plot_roc(result, test, plots[ROC_PLOT])
     plot_pr(result, test, plots[PR_PLOT])
     plot_calibration(result, test, config.calibration_bins, plots[CALIBRATION_PLOT])
     plot_confusion(result, plots[CONFUSION_PLOT])
+    curves = os.path.join(model_dir, CURVES_FILE)
+    if os.path.exists(curves):
+        plots[TRAINING_CURVES] = shutil.copy(curves, os.path.join(out_dir, TRAINING_CURVES))
     keras_model = os.path.join(model_dir, KERAS_MODEL_FILE)
-    if os.path.exists(keras_model) and config.explain_images > 0:
-        training = os.path.join(model_dir, RESULT_FILE)
-        layer = json.loads(fileio.read_text(training)).get("last_conv_layer") if os.path.exists(training) else None
-        for name in plot_explanations(keras_model, result, test, config.explain_images, out_dir, layer):
-            plots[name] = os.path.join(out_dir, name)
+    layer = (report.get("training") or {}).get("last_conv_layer") or None
+    if os.path.exists(keras_model):
+        if config.explain_images > 0:
+            for name in plot_explanations(keras_model, result, test, config.explain_images, out_dir, layer):
+                plots[name] = os.path.join(out_dir, name)
+        if config.error_analysis_images > 0 and plot_error_analysis(
+                keras_model, result, test, config.error_analysis_images, os.path.join(out_dir, ERRORS_PLOT), layer):
+            plots[ERRORS_PLOT] = os.path.join(out_dir, ERRORS_PLOT)
     else:
         log.warning("evaluate: no %s in %s; the model card has no explanations", KERAS_MODEL_FILE, model_dir)
     path = os.path.join(out_dir, MODEL_CARD_FILE)

@@ -40,6 +40,7 @@ class IngestConfig:
     seed: int = 0  # split salt: a patient's split depends only on its id and this seed
     latest_deliveries: int = 0  # source of dated delivery folders (2026-11-01/...): read the newest N; 0 = all
     labels: tuple[str, ...] = ()  # class names in label order; empty = sorted class folder (or manifest) names
+    modality: str = ""  # what the images are, e.g. "chest X-ray" or "brain MRI": the model card and review page say it
     # Where the patient is: a regex with one group, searched in each file's path relative to the source
     # (e.g. "(?:^|/)covid_(p\d+)_"), or a name from PATIENT_ID_PRESETS. A CSV manifest's patient_id column
     # comes first; a DICOM PatientID is used where the pattern finds nothing.

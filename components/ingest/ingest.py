@@ -19,6 +19,7 @@ import functools
 import hashlib
 import hmac
 import io
+import json
 import logging
 import math
 import os
@@ -733,6 +734,16 @@ def _named(paths: list[str], limit: int = 10) -> str:
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
+def _synthetic_marker(source: str) -> dict | None:
+    """The marker `radflow synth` leaves at the root of a folder it wrote, or None."""
+    if source.lower().endswith(".csv"):
+        return None
+    path = source.rstrip("/") + "/" + ex.SYNTHETIC_MARKER
+    if not FileSystems.exists(path):
+        return None
+    return json.loads(_read_bytes(path).decode())
+
+
 def check_accounting(files: list[SourceFile], rows: list[dict[str, str]]) -> None:
     """Every listed input has exactly one manifest row, and every row is a listed input.
 
@@ -847,6 +858,7 @@ def _finish(out_dir: str, source: str, listing: Listing, config: IngestConfig, p
     for r in rows:
         if r["state"] == INGESTED:
             counts[r["split"]][r["label"]] += 1
+    synthetic = _synthetic_marker(source)
     ingested = [r for r in rows if r["state"] == INGESTED]
     patient_ids = dict(Counter(r["patient_id_from"] for r in ingested))
     without = patient_ids.get(FROM_NONE, 0)
@@ -876,6 +888,8 @@ def _finish(out_dir: str, source: str, listing: Listing, config: IngestConfig, p
         verified_records=verified,
         patient_ids=patient_ids,
         image_level_splits=image_level,
+        synthetic=synthetic is not None,
+        modality=config.modality or (synthetic or {}).get("modality", ""),
     )
     ex.write_metadata(out_dir, metadata)
     log.info("ingest: %s; examples per split %s, all %d read back and matched with the manifest; patient key "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+STALE_ACTIONS = ("refuse", "recompare")
+
 
 @dataclass(frozen=True)
 class PushConfig:
@@ -13,3 +15,11 @@ class PushConfig:
     latency_requests: int = 10  # infra validation: timed one-image requests, after one warm-up
     score_tolerance: float = 1e-4  # infra validation: largest allowed difference from the scores evaluate saw
     infra_timeout_s: int = 300  # infra validation: the loading-and-serving subprocess is killed after this
+    # A blessing names the production version it was judged against. When production has moved since
+    # (another run pushed, a rollback), "refuse" stops the push and says to evaluate again; "recompare"
+    # scores the new production on the same test images and pushes only if the paired comparison passes.
+    on_stale_blessing: str = "refuse"
+
+    def __post_init__(self):
+        if self.on_stale_blessing not in STALE_ACTIONS:
+            raise ValueError(f"on_stale_blessing must be one of {STALE_ACTIONS}, got {self.on_stale_blessing!r}")

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 
 from radflow import fileio
 from radflow.components.evaluate.evaluate import CANARY_FILE, read_blessing, read_report
+from radflow.components.evaluate.gates import Blessing
 from radflow.components.push.config import PushConfig
 from radflow.components.push.infra_validation import infra_validate
 from radflow.components.push.layout import (
@@ -65,6 +66,9 @@ class PushResult:
     path: str = ""
     infra_validation: dict = field(default_factory=dict)  # passed, problems, latency_ms
     removed_versions: list[int] = field(default_factory=list)  # deleted by retention
+    # judged_against (the blessing's production version), at_push (production when pushing), and the
+    # action: "unchanged", "refused" or "recompared" (then also the new comparison's gates)
+    production_check: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -213,13 +217,17 @@ def push(
         log.info("push: not pushed, model not blessed: %s", blessing.reason)
         return PushResult(False, f"not blessed: {blessing.reason}")
     report = read_report(evaluation_dir)
+    model_root = os.path.join(serving_root, config.model_name)
+    check = production_check(model_dir, report, blessing, model_root, config)
+    if check["action"] == "refused":
+        log.warning("push: not pushed: %s", check["reason"])
+        return PushResult(False, check["reason"], production_check=check)
     canary = fileio.read_bytes(os.path.join(evaluation_dir, CANARY_FILE))
     src = os.path.join(model_dir, SAVED_MODEL_DIR)
     if not fileio.exists(os.path.join(src, SAVED_MODEL_PB)):
         raise FileNotFoundError(f"{src} holds no {SAVED_MODEL_PB}; is {model_dir} a finished train output?")
     if statistics_dir and not fileio.exists(os.path.join(statistics_dir, TRAIN_STATISTICS)):
         raise FileNotFoundError(f"{statistics_dir} holds no {TRAIN_STATISTICS}; is it a finished validate output?")
-    model_root = os.path.join(serving_root, config.model_name)
     training_path = os.path.join(model_dir, RESULT_FILE)
     lineage = {
         "run_id": run_id,
@@ -234,6 +242,7 @@ def push(
         "metrics": report["metrics"],
         "intervals": report["intervals"],
         "blessing": asdict(blessing),
+        "production_check": check,
         "config": {"evaluate": report["config"], "push": asdict(config),
                    "training": json.loads(fileio.read_text(training_path)) if fileio.exists(training_path) else None},
         "source": {"model_dir": model_dir, "evaluation_dir": evaluation_dir, "statistics_dir": statistics_dir},
@@ -255,7 +264,54 @@ def push(
         version, path = _publish(staged, model_root)
     log.info("push: published version %d at %s", version, path)
     removed = apply_retention(model_root, config.keep_versions)
-    return PushResult(True, blessing.reason, version, path, asdict(infra), removed)
+    return PushResult(True, blessing.reason, version, path, asdict(infra), removed, check)
+
+
+def production_check(model_dir: str, report: dict, blessing: Blessing, model_root: str, config: PushConfig) -> dict:
+    """Whether production is still the version the blessing was judged against, and what to do if not.
+
+    A blessing that says "no production model yet" or "no worse than version 3" is only true while
+    production is what it was. When it has moved, `config.on_stale_blessing` refuses, or compares
+    again: the new production on the same test images, the same gates, the paired bootstrap.
+
+    Returns:
+        {"judged_against", "at_push", "action": "unchanged" | "refused" | "recompared", "reason",
+        and for a comparison "gates" and "blessed"}.
+    """
+    live = live_version(model_root)
+    check = {"judged_against": blessing.baseline_version, "at_push": live, "action": "unchanged", "reason": ""}
+    if live == blessing.baseline_version:
+        return check
+    judged = blessing.baseline_version
+    was = "no production model" if judged is None else f"production version {judged}"
+    moved = (f"the blessing was judged against {was}, but production under {model_root} is now version {live}"
+             if live is not None else f"the blessing was judged against {was}, but {model_root} has no version now")
+    if config.on_stale_blessing == "refuse" or live is None:
+        return {**check, "action": "refused", "reason": f"stale blessing: {moved}; evaluate again against the current "
+                "production (or set push.on_stale_blessing: recompare)"}
+    fresh = recompare(model_dir, report, model_root, live)
+    action = "recompared" if fresh.blessed else "refused"
+    reason = (f"{moved}; compared again: {fresh.reason}" if fresh.blessed else
+              f"stale blessing: {moved}, and compared again it is not blessed: {fresh.reason}")
+    return {**check, "action": action, "reason": reason, "blessed": fresh.blessed, "gates": fresh.gates}
+
+
+def recompare(model_dir: str, report: dict, model_root: str, version: int) -> Blessing:
+    """The blessing the candidate gets against production `version`, from its evaluation's own settings."""
+    from radflow.components.evaluate.config import EvaluateConfig
+    from radflow.components.evaluate.evaluate import EVAL_SPLIT, score_baseline, score_split
+    from radflow.components.evaluate.gates import Evidence, decide_blessing
+
+    config = EvaluateConfig(**report["config"])
+    examples_dir = report["data"]["examples_dir"]
+    test = score_split(os.path.join(model_dir, SAVED_MODEL_DIR), examples_dir, EVAL_SPLIT, config.batch_size)
+    baseline = score_baseline(version, version_path(model_root, version), examples_dir, test, report["threshold"],
+                              config)
+    rates = {f"{key}/{c}": report["class_rates"][name][rate] for c, name in enumerate(report["label_names"])
+             for key, rate in (("recall", "sensitivity"), ("specificity", "specificity"))}
+    evidence = Evidence(report["metrics"], rates, {k: tuple(v) for k, v in report["intervals"].items()},
+                        report["label_names"], report["threshold"])
+    return decide_blessing(evidence, config, baseline, model_root, report.get("limitations", []))
 
 
 def rollback(serving_root: str, to_version: int, config: PushConfig = PushConfig(), run_id: str = "") -> PushResult:

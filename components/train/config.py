@@ -39,4 +39,13 @@ class TrainConfig:
     xla: bool = True  # on GPU: XLA-compile the train step; on CPU always off
     backup_dir: str = ""  # fault-tolerance state; must outlive a killed pod on a cluster (gs://...); "" = OUT/backup
     cv_folds: int = 0  # k >= 2: patient-grouped stratified k-fold over train+val before the final fit; 0 = none
+    # With cv_folds: the model is the mean of the k fold models' scores, exported as one SavedModel with the same
+    # signatures, instead of a final fit. Its members trained on val too, so evaluate chooses its threshold on
+    # the out-of-fold predictions (evaluate.threshold_source: oof) and refuses val.
+    ensemble_folds: bool = False
     seed: int = 0  # weights, shuffling, augmentation, dropout and fold assignment
+
+    def __post_init__(self):
+        if self.ensemble_folds and self.cv_folds < 2:
+            raise ValueError(f"ensemble_folds needs cv_folds >= 2 (the folds are its members), got cv_folds "
+                             f"{self.cv_folds}")

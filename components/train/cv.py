@@ -4,7 +4,10 @@ With small medical sets one validation split gives a noisy estimate. Before the 
 pools train and val, splits the pool into k folds so that no patient (the `patient_key` group;
 an image without one is its own group) is in two folds and every fold holds about the same share
 of each class, fits one model per fold on the other k-1, and reports the mean and standard
-deviation of the validation metrics at each fold's best epoch.
+deviation of the validation metrics at each fold's best epoch. Each fold model also scores its
+held-out fold: pooled, those out-of-fold predictions cover all of train+val, each scored by a
+model that never saw it, and evaluate can choose the operating threshold on them
+(threshold_source: oof). With ensemble_folds the fold models are kept and their mean is the model.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import random
 from collections import Counter, defaultdict
 from dataclasses import replace
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -23,7 +27,7 @@ from radflow import examples as ex
 from radflow import fileio
 from radflow.components.class_balance.class_balance import ClassBalance, class_weights, initial_bias
 from radflow.components.train.config import TrainConfig
-from radflow.components.train.data import CLASS_WEIGHTS, OVERSAMPLE, read_index
+from radflow.components.train.data import CLASS_WEIGHTS, OVERSAMPLE, read_index, scoring_batches
 from radflow.components.train.fit import MONITOR, fit_model
 from radflow.components.train.strategy import Acceleration
 
@@ -31,6 +35,8 @@ log = logging.getLogger(__name__)
 
 CV_FILE = "cv.json"
 FOLD_FILE = "folds.json"  # fold results of one fold task, or of several once merged
+OOF_FILE = "oof_predictions.json"  # every train+val example scored by the fold model that never saw it
+FOLD_MODEL = "fold-{fold}.keras"  # a fold's fitted model, kept for an ensemble (train.ensemble_folds)
 POOLED_SPLITS = ("train", "val")
 REPORTED = ("val_auc", "val_loss", "val_accuracy")
 
@@ -88,24 +94,44 @@ def _fold_balance(balance: ClassBalance, labels: np.ndarray, num_classes: int) -
     return replace(balance, class_weights=dict(enumerate(weights)), initial_bias=bias)
 
 
+def _held_out_predictions(model: keras.Model, examples_dir: str, metadata: ex.DatasetMetadata,
+                          groups: set[str], batch_size: int) -> dict[str, list]:
+    """A fold model's scores (in serving's (N, K) form) on the examples of its held-out groups."""
+    labels, scores, patients = [], [], []
+    for x, y, key in scoring_batches(examples_dir, POOLED_SPLITS, metadata, batch_size, groups):
+        probs = model(x, training=False).numpy().astype(np.float64)
+        scores.extend((np.concatenate([1 - probs, probs], axis=1) if probs.shape[1] == 1 else probs).tolist())
+        labels.extend(y.numpy().tolist())
+        patients.extend(k.decode() for k in key.numpy())
+    return {"labels": labels, "scores": scores, "patients": patients}
+
+
 def _fit_fold(examples_dir: str, metadata: ex.DatasetMetadata, balance: ClassBalance, config: TrainConfig,
               strategy: tf.distribute.Strategy, accel: Acceleration, work_dir: str, keys: list[str],
-              labels: np.ndarray, fold_of: dict[str, int], fold: int) -> dict:
-    """Fits fold `fold` on the other folds and returns its validation metrics at its best epoch."""
+              labels: np.ndarray, fold_of: dict[str, int], fold: int, model_dir: str) -> dict:
+    """Fits fold `fold` on the other folds; returns its validation metrics at its best epoch and its
+    out-of-fold predictions, and keeps its model in `model_dir` when the folds make an ensemble."""
     example_folds = np.asarray([fold_of[g] for g in keys])
     val_groups = {g for g, f in fold_of.items() if f == fold}
     in_train = example_folds != fold
     log.info("train: cross-validation fold %d/%d: %d train, %d validation examples", fold + 1, config.cv_folds,
              int(in_train.sum()), int((~in_train).sum()))
     fitted = fit_model(examples_dir, metadata, _fold_balance(balance, labels[in_train], metadata.num_classes),
-                       replace(config, cv_folds=0), strategy, accel, os.path.join(work_dir, f"fold-{fold}"),
+                       replace(config, cv_folds=0, ensemble_folds=False), strategy, accel,
+                       os.path.join(work_dir, f"fold-{fold}"),
                        train_split=POOLED_SPLITS, val_split=POOLED_SPLITS, train_groups=set(fold_of) - val_groups,
                        val_groups=val_groups, train_size=int(in_train.sum()), verbose=0)
     best = fitted.best_epoch - 1
     log.info("train: fold %d %s=%.4f", fold + 1, MONITOR, fitted.best_val_auc)
-    return {"fold": fold, "train_examples": int(in_train.sum()), "val_examples": int((~in_train).sum()),
-            "best_epoch": fitted.best_epoch, "groups": len(fold_of),
-            **{m: fitted.history[m][best] for m in REPORTED if m in fitted.history}}
+    result = {"fold": fold, "train_examples": int(in_train.sum()), "val_examples": int((~in_train).sum()),
+              "best_epoch": fitted.best_epoch, "groups": len(fold_of),
+              **{m: fitted.history[m][best] for m in REPORTED if m in fitted.history},
+              "oof": _held_out_predictions(fitted.model, examples_dir, metadata, val_groups, config.batch_size)}
+    if config.ensemble_folds:
+        path = os.path.join(model_dir, FOLD_MODEL.format(fold=fold))
+        fitted.model.save(path)
+        result["model"] = path
+    return result
 
 
 def summarize(per_fold: list[dict], folds: int) -> dict:
@@ -121,13 +147,31 @@ def summarize(per_fold: list[dict], folds: int) -> dict:
     metrics = {m: {"mean": float(np.mean([f[m] for f in per_fold])), "std": float(np.std([f[m] for f in per_fold]))}
                for m in REPORTED if all(m in f for f in per_fold)}
     log.info("train: cross-validation %s", {m: f"{v['mean']:.4f} ± {v['std']:.4f}" for m, v in metrics.items()})
-    return {"folds": folds, "groups": per_fold[0]["groups"], "metrics": metrics, "per_fold": per_fold}
+    return {"folds": folds, "groups": per_fold[0]["groups"], "metrics": metrics,
+            "per_fold": [{k: v for k, v in f.items() if k != "oof"} for f in per_fold]}
+
+
+def write_oof(out_dir: str, per_fold: list[dict]) -> None:
+    """Pools the folds' out-of-fold predictions into OOF_FILE: all of train+val, each scored once."""
+    pooled = {"labels": [], "scores": [], "patients": [], "folds": []}
+    for f in sorted(per_fold, key=lambda f: f["fold"]):
+        for key in ("labels", "scores", "patients"):
+            pooled[key].extend(f["oof"][key])
+        pooled["folds"].extend([f["fold"]] * len(f["oof"]["labels"]))
+    fileio.write_text_atomic(os.path.join(out_dir, OOF_FILE), json.dumps(pooled))
+
+
+def read_oof(model_dir: str) -> dict[str, np.ndarray]:
+    """A train output's out-of-fold predictions: labels (N,), scores (N, K), patients (N,), folds (N,)."""
+    raw = json.loads(fileio.read_text(os.path.join(model_dir, OOF_FILE)))
+    return {"labels": np.asarray(raw["labels"], np.int64), "scores": np.asarray(raw["scores"], np.float64),
+            "patients": np.asarray(raw["patients"], str), "folds": np.asarray(raw["folds"], np.int64)}
 
 
 def cross_validate(examples_dir: str, out_dir: str, metadata: ex.DatasetMetadata, balance: ClassBalance,
                    config: TrainConfig, strategy: tf.distribute.Strategy, accel: Acceleration,
-                   work_dir: str) -> dict:
-    """Fits config.cv_folds models one after another and writes their summary to OUT/cv.json.
+                   work_dir: str) -> tuple[dict, list[dict]]:
+    """Fits config.cv_folds models one after another; writes their summary (OUT/cv.json) and OOF_FILE.
 
     Args:
         examples_dir: an ingest output.
@@ -140,15 +184,17 @@ def cross_validate(examples_dir: str, out_dir: str, metadata: ex.DatasetMetadata
         work_dir: resumable state of each fold's fit.
 
     Returns:
-        {"folds": k, "groups": n, "metrics": {name: {"mean", "std"}}, "per_fold": [...]}.
+        The summary, {"folds": k, "groups": n, "metrics": {name: {"mean", "std"}}, "per_fold": [...]},
+        and every fold's full result (with its out-of-fold predictions and, for an ensemble, its model).
     """
     keys, labels = read_index(examples_dir, POOLED_SPLITS, metadata)
     fold_of = assign_folds(keys, labels, config.cv_folds, config.seed)
     per_fold = [_fit_fold(examples_dir, metadata, balance, config, strategy, accel, work_dir, keys, labels, fold_of,
-                          fold) for fold in range(config.cv_folds)]
+                          fold, out_dir) for fold in range(config.cv_folds)]
     summary = summarize(per_fold, config.cv_folds)
     write_summary(out_dir, summary)
-    return summary
+    write_oof(out_dir, per_fold)
+    return summary, per_fold
 
 
 def write_summary(out_dir: str, summary: dict) -> None:
@@ -181,7 +227,8 @@ def fit_fold(examples_dir: str, out_dir: str, balance: ClassBalance, config: Tra
     keys, labels = read_index(examples_dir, POOLED_SPLITS, metadata)
     fold_of = assign_folds(keys, labels, config.cv_folds, config.seed)
     work_dir = os.path.join(out_dir, ".fit")
-    result = _fit_fold(examples_dir, metadata, balance, config, strategy, accel, work_dir, keys, labels, fold_of, fold)
+    result = _fit_fold(examples_dir, metadata, balance, config, strategy, accel, work_dir, keys, labels, fold_of, fold,
+                       out_dir)
     if tf.io.gfile.exists(work_dir):
         tf.io.gfile.rmtree(work_dir)
     fileio.write_text_atomic(os.path.join(out_dir, FOLD_FILE), json.dumps([result], indent=2))

@@ -148,6 +148,32 @@ def read_index(examples_dir: str, splits: tuple[str, ...],
     return keys, np.asarray(labels, np.int64)
 
 
+def _only_groups(ds: tf.data.Dataset, groups: Collection[str] | None) -> tf.data.Dataset:
+    """The elements whose "group" is in `groups` (all of them for None): one cross-validation fold's part."""
+    if groups is None:
+        return ds
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(sorted(groups), tf.string), tf.ones([len(groups)], tf.int64)),
+        default_value=0)
+    return ds.filter(lambda e: tf.equal(table.lookup(e["group"]), 1))
+
+
+def scoring_batches(examples_dir: str, splits: tuple[str, ...], metadata: ex.DatasetMetadata, batch_size: int,
+                    groups: Collection[str] | None = None) -> tf.data.Dataset:
+    """(model input, label, patient key) batches of `splits` in file order, for scoring examples a model
+    never trained on (a cross-validation fold's held-out part), optionally only those of `groups`."""
+    size = metadata.image_size
+
+    def parsed(serialized):
+        p = _parse_one(serialized, metadata)
+        return {"x": to_model_input(standardize(p[ex.IMAGE], size)), "y": p[ex.LABEL], "key": p[ex.PATIENT_KEY],
+                "group": group_key(p)}
+
+    ds = _records(examples_dir, splits, training=False, seed=0).map(parsed, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = _only_groups(ds, groups)
+    return ds.map(lambda e: (e["x"], e["y"], e["key"])).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
 def make_dataset(
     examples_dir: str,
     split: str | tuple[str, ...],
@@ -199,11 +225,7 @@ def make_dataset(
                 "group": group_key(parsed)}
 
     ds = ds.map(standardized, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
-    if groups is not None:
-        table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(tf.constant(sorted(groups), tf.string),
-                                                tf.ones([len(groups)], tf.int64)), default_value=0)
-        ds = ds.filter(lambda e: tf.equal(table.lookup(e["group"]), 1))
+    ds = _only_groups(ds, groups)
     ds = ds.map(lambda e: (e[ex.IMAGE], e[ex.LABEL]))
     n = sum(metadata.split_size(s) for s in splits)
     if n * size * size * metadata.channels < CACHE_LIMIT_BYTES:

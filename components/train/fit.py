@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import keras
 import tensorflow as tf
@@ -70,6 +70,7 @@ class FitResult:
         best_val_auc: that AUC.
         resumed_from_epoch: the epoch (over all phases) this process resumed after; 0 for a fresh run.
         phases: the phases run, in order.
+        phase_epochs: epochs each phase ran, in the same order.
     """
 
     model: keras.Model
@@ -78,6 +79,7 @@ class FitResult:
     best_val_auc: float
     resumed_from_epoch: int
     phases: list[str]
+    phase_epochs: list[int] = field(default_factory=list)
 
 
 def _read_history(path: str) -> dict[str, list[float]]:
@@ -219,7 +221,7 @@ def fit_model(
         model = build_model(metadata, config, balance.initial_bias)
         trainer = trainer_for(model, strategy)
     history: dict[str, list[float]] = {}
-    resumed_total, offset, phases, previous = 0, 0, [], None
+    resumed_total, offset, phases, phase_epochs, previous = 0, 0, [], [], None
     for phase in _phases(config):
         phase_history, resumed = _run_phase(phase, model, trainer, strategy, config, metadata, accel,
                                             (train_ds, val_ds), steps, work_dir, log_dir, verbose, previous)
@@ -228,9 +230,10 @@ def fit_model(
         if resumed and not resumed_total:
             resumed_total = offset + resumed
         offset += len(phase_history.get("loss", []))
+        phase_epochs.append(len(phase_history.get("loss", [])))
         for key, values in phase_history.items():
             history.setdefault(key, []).extend(values)
         phases.append(phase.name)
     auc = history[MONITOR]
     best = max(range(len(auc)), key=auc.__getitem__)
-    return FitResult(model, history, best + 1, auc[best], resumed_total, phases)
+    return FitResult(model, history, best + 1, auc[best], resumed_total, phases, phase_epochs)

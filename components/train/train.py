@@ -50,6 +50,7 @@ from radflow.components.train.export import (  # noqa: F401  (the export contrac
 from radflow.components.train.fit import fit_model
 from radflow.components.train.models import last_conv_layer_name
 from radflow.components.train.strategy import acceleration, choose_strategy, device_kind, strategy_name
+from radflow.ensemble import ensemble_members, ensemble_model
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,10 @@ class TrainResult:
         resumed_from_epoch: the epoch this process resumed after (0: it started fresh).
         weights_sha256: digest of the final weights; equal on every worker of a multi-worker run.
         cv: cross-validation summary (mean and std per metric, the folds), or None.
+        parameters: the model's weights, trainable or not.
+        phase_epochs: epochs each phase ran, in the order of `phases`.
+        ensemble: members of an ensemble of cross-validation folds (ensemble_folds); 0 for one model.
+        config: every training option, as given.
     """
 
     model_dir: str
@@ -101,6 +106,10 @@ class TrainResult:
     resumed_from_epoch: int = 0
     weights_sha256: str = ""
     cv: dict | None = None
+    parameters: int = 0
+    phase_epochs: tuple[int, ...] = ()
+    ensemble: int = 0
+    config: dict | None = None
 
 
 def weights_digest(weights: list[np.ndarray]) -> str:
@@ -111,8 +120,9 @@ def weights_digest(weights: list[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def plot_history(history: dict[str, list[float]], path: str) -> None:
-    """Loss and AUC per epoch, train against validation."""
+def plot_history(history: dict[str, list[float]], path: str, best_epoch: int = 0,
+                 phase_epochs: tuple[int, ...] = ()) -> None:
+    """Loss and AUC per epoch, train against validation, with the kept epoch and the phase changes marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -124,6 +134,10 @@ def plot_history(history: dict[str, list[float]], path: str) -> None:
             if prefix + metric in history:
                 ax.plot(range(1, len(history[prefix + metric]) + 1), history[prefix + metric], style,
                         label=(prefix or "train_").rstrip("_"))
+        if best_epoch:
+            ax.axvline(best_epoch, color="black", lw=1, ls=":", label=f"kept: epoch {best_epoch}")
+        for boundary in np.cumsum(phase_epochs)[:-1]:
+            ax.axvline(boundary + 0.5, color="grey", lw=4, alpha=0.3, label="fine-tuning starts")
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.legend()
@@ -176,39 +190,54 @@ def train(
              replicas, config.batch_size * replicas, accel.policy, accel.jit_compile)
     tf.io.gfile.makedirs(out_dir)
     backup_root = config.backup_dir or os.path.join(out_dir, BACKUP_DIR)
-    summary = None
+    summary, per_fold = None, []
     if fold_results is not None:
-        summary = cv.summarize(fold_results, config.cv_folds)
+        summary, per_fold = cv.summarize(fold_results, config.cv_folds), fold_results
         cv.write_summary(out_dir, summary)
+        cv.write_oof(out_dir, per_fold)
     elif config.cv_folds:
-        summary = cv.cross_validate(examples_dir, out_dir, metadata, balance, config, strategy, accel,
-                                    os.path.join(backup_root, "cv"))
-    fitted = fit_model(examples_dir, metadata, balance, config, strategy, accel, os.path.join(backup_root, "final"),
-                       log_dir=os.path.join(out_dir, LOGS_DIR))
-    model, history = fitted.model, fitted.history
+        summary, per_fold = cv.cross_validate(examples_dir, out_dir, metadata, balance, config, strategy, accel,
+                                              os.path.join(backup_root, "cv"))
+    if config.ensemble_folds:
+        model = ensemble_model([keras.models.load_model(f["model"], compile=False)
+                                for f in sorted(per_fold, key=lambda f: f["fold"])])
+        history, best_epoch, best_auc, phases, phase_epochs, resumed = {}, 0, summary["metrics"]["val_auc"]["mean"], (
+            "ensemble",), (), 0
+        log.info("train: the model is the mean of %d fold models (cross-validation val_auc %.4f ± %.4f)",
+                 len(per_fold), best_auc, summary["metrics"]["val_auc"]["std"])
+    else:
+        fitted = fit_model(examples_dir, metadata, balance, config, strategy, accel,
+                           os.path.join(backup_root, "final"), log_dir=os.path.join(out_dir, LOGS_DIR))
+        model, history, best_epoch, best_auc = fitted.model, fitted.history, fitted.best_epoch, fitted.best_val_auc
+        phases, phase_epochs, resumed = tuple(fitted.phases), tuple(fitted.phase_epochs), fitted.resumed_from_epoch
 
     export_serving(model, metadata, os.path.join(out_dir, SAVED_MODEL_DIR))
     model.save(os.path.join(out_dir, KERAS_MODEL_FILE))
     fileio.write_text_atomic(os.path.join(out_dir, HISTORY_FILE), json.dumps(history, indent=2))
-    plot_history(history, os.path.join(out_dir, CURVES_FILE))
+    if history:
+        plot_history(history, os.path.join(out_dir, CURVES_FILE), best_epoch, phase_epochs)
     result = TrainResult(
         model_dir=out_dir,
         strategy=strategy_name(strategy),
         replicas=replicas,
-        epochs_run=len(history["loss"]),
-        best_epoch=fitted.best_epoch,
-        best_val_auc=fitted.best_val_auc,
+        epochs_run=len(history.get("loss", [])),
+        best_epoch=best_epoch,
+        best_val_auc=best_auc,
         seconds=round(time.monotonic() - started, 1),
         model=config.model,
-        last_conv_layer=last_conv_layer_name(model),
+        last_conv_layer=last_conv_layer_name(ensemble_members(model)[0]),
         global_batch=config.batch_size * replicas,
         dtype_policy=accel.policy,
         jit_compile=accel.jit_compile,
         class_balance=balance.strategy,
-        phases=tuple(fitted.phases),
-        resumed_from_epoch=fitted.resumed_from_epoch,
+        phases=phases,
+        resumed_from_epoch=resumed,
         weights_sha256=weights_digest(model.get_weights()),
         cv=summary,
+        parameters=int(model.count_params()),
+        phase_epochs=phase_epochs,
+        ensemble=len(per_fold) if config.ensemble_folds else 0,
+        config=asdict(config),
     )
     # The run is complete: its resume state must not make a later run with the same backup_dir
     # skip its phases, and the default state under OUT must not be published with the model.

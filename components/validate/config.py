@@ -31,5 +31,9 @@ class ValidateConfig:
     skew_action: str = WARN  # train vs val/test over a threshold: block or warn (Kaggle's test set has its own mix)
     min_examples: int = 100  # a comparison with fewer examples on a side is reported, never acted on: small
     # histograms differ by chance (two same-source samples of 50 average JS 0.10, of 100 0.05, of 500 0.02)
+    # Shortcuts: a per-image metadata feature (format, bit depth, size, DICOM manufacturer/view, intensity)
+    # that alone ranks a class at this one-feature ROC AUC or above in train+val is reported by name.
+    shortcut_auc: float = 0.8
+    shortcut_action: str = WARN  # warn (the default: a shortcut can be benign) or block
     runner: str = "DirectRunner"  # or DataflowRunner, FlinkRunner, SparkRunner
     beam_args: tuple[str, ...] = ()  # extra Beam pipeline options, e.g. ("--project=p", "--region=r")

@@ -46,6 +46,7 @@ from radflow.components.validate import drift as dr
 from radflow.components.validate import schema as sc
 from radflow.components.validate.config import ACTIONS, BLOCK, ValidateConfig
 from radflow.components.validate.report import write_statistics_html
+from radflow.components.validate.shortcuts import find_shortcuts, read_features
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class ValidationResult:
     warnings: list[str] = field(default_factory=list)  # findings configured to warn, same form as anomalies
     patients: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> class -> distinct patients
     comparisons: list[Comparison] = field(default_factory=list)  # drift and skew, every feature
+    shortcuts: list[str] = field(default_factory=list)  # features that alone predict the label, one line each
 
 
 class DataValidationError(RuntimeError):
@@ -328,6 +330,8 @@ def _report(result: ValidationResult, schema_source: str, min_examples: int) -> 
         f"{header}\n|{'---|' * (2 + len(classes))}\n{rows}\n",
         f"## Anomalies\n\n{anomalies}\n",
         f"## Warnings\n\n{warnings}\n",
+        "## Shortcuts\n\n" + ("\n".join(f"- {line}" for line in result.shortcuts) if result.shortcuts else
+                              "No per-image metadata feature alone predicts the label.") + "\n",
     ]
     for comparison in result.comparisons:
         table = "\n".join(
@@ -365,7 +369,8 @@ def validate(
             outputs are written first.
     """
     metadata = ex.read_metadata(examples_dir)
-    for name, action in (("drift_action", config.drift_action), ("skew_action", config.skew_action)):
+    for name, action in (("drift_action", config.drift_action), ("skew_action", config.skew_action),
+                         ("shortcut_action", config.shortcut_action)):
         if action not in ACTIONS:
             raise ValueError(f"validate {name} {action!r} is not one of {ACTIONS}")
     for what, path in (("schema_path", config.schema_path), ("baseline", baseline)):
@@ -422,7 +427,13 @@ def validate(
         action = config.drift_action if comparison.kind == "drift" else config.skew_action
         (anomalies if action == BLOCK else warnings).extend(found)
 
-    result = ValidationResult(out_dir, not anomalies, anomalies, num_examples, warnings, patients, comparisons)
+    pooled = tuple(s for s in ("train", "val") if num_examples.get(s))
+    shortcuts = [s.describe(config.shortcut_auc) for s in find_shortcuts(
+        read_features(examples_dir, pooled, metadata), metadata.label_names, config.shortcut_auc)] if pooled else []
+    (anomalies if config.shortcut_action == BLOCK else warnings).extend(shortcuts)
+
+    result = ValidationResult(out_dir, not anomalies, anomalies, num_examples, warnings, patients, comparisons,
+                              shortcuts)
     report_path = os.path.join(out_dir, REPORT_FILE)
     fileio.write_text_atomic(report_path, _report(result, schema_source, config.min_examples))
     baseline_stats = tfdv.load_stats_binary(baseline) if baseline else None
@@ -465,4 +476,5 @@ def read_result(out_dir: str) -> ValidationResult:
             Comparison(c["name"], c["kind"], [dr.Drift(**d) for d in c["drifts"]], int(c["num_examples"]))
             for c in raw.get("comparisons", [])
         ],
+        shortcuts=[str(s) for s in raw.get("shortcuts", [])],
     )
