@@ -115,7 +115,8 @@ def build_pipeline(config: PipelineConfig = PipelineConfig()) -> Callable:
                                            config=train_config)
         else:
             train = c["train"](examples=examples, class_balance=class_balance, config=train_config, **train_extra)
-        evaluate = c["evaluate"](model=train.outputs["model"], examples=examples, config=evaluate_config,
+        evaluate = c["evaluate"](model=train.outputs["model"], examples=examples,
+                                 statistics=validate.outputs["statistics"], config=evaluate_config,
                                  serving_root=serving_root, push_config=push_config)
         push = c["push"](model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"],
                          statistics=validate.outputs["statistics"], serving_root=serving_root, config=push_config,

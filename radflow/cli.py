@@ -134,14 +134,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from radflow.components.evaluate.evaluate import evaluate
     from radflow.components.evaluate.model_card import MODEL_CARD_FILE
 
-    result = evaluate(args.model, args.examples, args.out, _stage_config(args, "evaluate"),
-                      serving_root=args.serving_root, model_name=_stage_config(args, "push").model_name)
+    config = _stage_config(args, "evaluate")
+    result = evaluate(args.model, args.examples, args.out, config, serving_root=args.serving_root,
+                      model_name=_stage_config(args, "push").model_name, validation_dir=args.validation)
     for name, value in result.metrics.items():
         low, high = result.intervals.get(name, (None, None))
         print(f"{name:>18} {value:.4f}" + (f"  [{low:.4f}, {high:.4f}]" if low is not None else ""))
-    print(f"threshold: {result.threshold}")
+    print("decision: the highest score (argmax)" if result.threshold is None else
+          f"threshold: {result.threshold:.4f}. {result.operating_point.sentence(config.ci_level)}")
     print(f"blessed: {result.blessing.blessed}\n{result.blessing.reason}")
     print(f"model card: {os.path.join(args.out, MODEL_CARD_FILE)}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from radflow.components.evaluate.compare import compare, format_comparison
+
+    result = compare(args.a, args.b, args.examples or "", args.out or "", _stage_config(args, "evaluate"))
+    print(format_comparison(result))
     return 0
 
 
@@ -219,11 +229,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"not pushed: {result.pushed['reason']}")
         return 0
     print(f"pushed version {result.pushed['version']} to {result.pushed['path']}")
-    test_image = next(r["path"] for r in read_manifest(result.examples_dir)
-                      if r["split"] == "test" and r["state"] == INGESTED)
-    pred = predict_files(result.pushed["path"], [test_image])[0]
-    scores = ", ".join(f"{k}={v:.3f}" for k, v in pred.scores.items())
-    print(f"serving_default on {test_image}: {pred.label} ({scores})")
+    examples = {}  # the first test image of each class, to show one served answer per class
+    for r in read_manifest(result.examples_dir):
+        if r["split"] == "test" and r["state"] == INGESTED:
+            examples.setdefault(r["label"], r["path"])
+    for truth, path in sorted(examples.items()):
+        pred = predict_files(result.pushed["path"], [path])[0]
+        scores = ", ".join(f"{k}={v:.3f}" for k, v in pred.scores.items())
+        how = f"at threshold {pred.threshold:.3f}" if pred.threshold is not None else "by the highest score"
+        print(f"serving_default on a test {truth} image ({path}): {pred.decision} {how} ({scores})")
     return 0
 
 
@@ -394,7 +408,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for p in predictions:
         scores = ", ".join(f"{k}={v:.3f}" for k, v in p.scores.items())
         version = f" [version {p.version}]" if p.version else ""
-        print(f"{p.path}: class {p.label} ({scores}); decision at threshold {p.threshold:.3f}: {p.decision}{version}")
+        how = f"at threshold {p.threshold:.3f}" if len(p.scores) == 2 else "by the highest score"
+        print(f"{p.path}: {p.decision} {how} ({scores}){version}")
     return 0
 
 
@@ -547,6 +562,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("examples", metavar="EXAMPLES", help="an ingest output")
     p.add_argument("out", metavar="OUT", help="output directory")
     p.add_argument("--serving-root", help="compare with the highest version here (default: no comparison)")
+    p.add_argument("--validation", metavar="DIR", help="a validate output: its shortcut findings go into the "
+                   "model card and the blessing")
+
+    p = with_config(add("compare", cmd_compare, "two models on the same test images: is the difference real?",
+                        "Scores A and B (each a run directory runs/radflow-<time>, a train or evaluate output,\n"
+                        "or a pushed version models/radflow/<n>) on one examples directory's test split, each at\n"
+                        "its own operating point, and prints the metrics side by side with the paired\n"
+                        "patient-bootstrap CI of each difference, DeLong's test of the two ROC AUCs (binary),\n"
+                        "and the settings that differ. --out writes compare.json.\n\n"
+                        "example: radflow compare runs/radflow-2026-12-01-10-00-00 models/radflow/3"))
+    p.add_argument("a", metavar="A", help="model A: run directory, train/evaluate output, or pushed version")
+    p.add_argument("b", metavar="B", help="model B, the same kinds")
+    p.add_argument("--examples", metavar="DIR", help="score both on this ingest output's test split "
+                   "(default: the one A was evaluated on)")
+    p.add_argument("--out", metavar="DIR", help="write compare.json here")
 
     p = with_config(add("push", cmd_push, "publish a blessed, infra-validated model as the next TF Serving version",
                         "Stages MODEL/saved_model with the threshold BLESSING chose and its lineage, loads it in a\n"

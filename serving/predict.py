@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from radflow.components.train.train import CLASSES, SCORES, SERVING_INPUT
+from radflow.components.train.train import CLASSES, SCORES, SERVING_INPUT, THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,8 @@ class Prediction:
     path: str
     label: str  # the highest-scoring class
     scores: dict[str, float]  # class name -> probability
+    threshold: float | None = None  # binary models: the operating threshold the model returns
+    decision: str = ""  # binary: the positive (second) class when its score reaches the threshold; else `label`
 
 
 def predict_files(saved_model_dir: str, paths: list[str]) -> list[Prediction]:
@@ -34,8 +36,13 @@ def predict_files(saved_model_dir: str, paths: list[str]) -> list[Prediction]:
     serve = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
     images = tf.constant([tf.io.gfile.GFile(p, "rb").read() for p in paths])
     out = serve(**{SERVING_INPUT: images})
+    thresholds = out[THRESHOLD].numpy() if THRESHOLD in out else [None] * len(paths)
     predictions = []
-    for path, scores, classes in zip(paths, out[SCORES].numpy(), out[CLASSES].numpy(), strict=True):
+    for path, scores, classes, t in zip(paths, out[SCORES].numpy(), out[CLASSES].numpy(), thresholds, strict=True):
         named = {c.decode(): float(s) for c, s in zip(classes, scores, strict=True)}
-        predictions.append(Prediction(path, max(named, key=named.get), named))
+        label = max(named, key=named.get)
+        names = list(named)
+        binary = len(names) == 2 and t is not None
+        decision = (names[1] if named[names[1]] >= t else names[0]) if binary else label
+        predictions.append(Prediction(path, label, named, float(t) if binary else None, decision))
     return predictions

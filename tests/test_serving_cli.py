@@ -91,7 +91,7 @@ def test_predict_png_and_dicom_over_grpc_and_rest_then_graceful_sigterm(server, 
     rest_lines = capsys.readouterr().out.strip().splitlines()
     assert len(grpc_lines) == len(rest_lines) == 2
     for line, path in zip(grpc_lines, (png_path, dcm_path), strict=True):
-        assert line.startswith(f"{path}: class ") and "decision at threshold 0.500: " in line
+        assert line.startswith(f"{path}: ") and " at threshold 0.500 (" in line
         assert "NORMAL=" in line and "PNEUMONIA=" in line and line.endswith("[version 1]")
     # Same scores and the same answering version over both protocols (REST names it in X-Model-Version).
     assert grpc_lines == rest_lines

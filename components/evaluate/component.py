@@ -3,14 +3,15 @@
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 
-def evaluate(model: Input[Model], examples: Input[Dataset], config: dict, serving_root: str, push_config: dict,
-             evaluation: Output[Artifact], metrics: Output[Metrics], classification: Output[ClassificationMetrics],
-             report: Output[HTML]):
-    """Threshold on val, test metrics with patient-bootstrap CIs, comparison with production, blessing.
+def evaluate(model: Input[Model], examples: Input[Dataset], statistics: Input[Artifact], config: dict,
+             serving_root: str, push_config: dict, evaluation: Output[Artifact], metrics: Output[Metrics],
+             classification: Output[ClassificationMetrics], report: Output[HTML]):
+    """Operating point off test, test metrics with patient-bootstrap CIs, comparison with production, blessing.
 
     Args:
         model: a train output.
         examples: the ingest output it was trained on.
+        statistics: the validate output, whose shortcut findings the model card and blessing state.
         config: EvaluateConfig fields.
         serving_root: where the production model (the highest version) is found.
         push_config: PushConfig fields; the model name locates production under serving_root.
@@ -29,7 +30,8 @@ def evaluate(model: Input[Model], examples: Input[Dataset], config: dict, servin
     from radflow.pipeline.config import from_dict
 
     result = run_evaluate(model.path, examples.path, evaluation.path, from_dict(EvaluateConfig, config),
-                          serving_root=serving_root, model_name=from_dict(PushConfig, push_config).model_name)
+                          serving_root=serving_root, model_name=from_dict(PushConfig, push_config).model_name,
+                          validation_dir=statistics.path)
     scalars = dict(result.metrics)
     for name, (low, high) in result.intervals.items():
         scalars.update({f"{name}_ci_low": low, f"{name}_ci_high": high})

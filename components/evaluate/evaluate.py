@@ -352,6 +352,7 @@ def evaluate(
     os.makedirs(out_dir, exist_ok=True)
     report = {
         "split": EVAL_SPLIT,
+        "model_dir": model_dir,
         "decision": blessing.decision,
         "metrics": metrics,
         "class_rates": {name: {"sensitivity": rates[f"recall/{c}"], "specificity": rates[f"specificity/{c}"]}
