@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DATA ?= data/sample
 SERVING_ROOT ?= models
 CONFIG ?=
-SAMPLE_N ?= 600
+SAMPLE_N ?= 800
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 # REGISTRY=europe-west4-docker.pkg.dev/PROJECT/radflow for a cluster that pulls (GKE); kind loads the local image.
 REGISTRY ?=

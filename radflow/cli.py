@@ -443,9 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("synth", cmd_synth, "write a synthetic chest X-ray set in Kaggle's layout",
             "Writes OUT/{train,val,test}/{NORMAL,PNEUMONIA}/ with Kaggle-style names (several images per\n"
             "patient), a ~1:3 class mix, varied sizes and a few undecodable files. Deterministic per seed.\n\n"
-            "example: radflow synth data/sample --n 600")
+            "example: radflow synth data/sample --n 800")
     p.add_argument("out", metavar="OUT", help="directory to create")
-    p.add_argument("--n", type=int, default=600, help="number of image files (default 600)")
+    p.add_argument("--n", type=int, default=800, help="number of image files (default 800)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
     p = with_config(add("run", cmd_run, "run the whole pipeline locally under kfp.local",

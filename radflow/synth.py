@@ -156,7 +156,10 @@ def _plan(n: int, rng: np.random.Generator) -> list[_Planned]:
         for label in CLASSES:
             left = targets[split][label]
             while left:
-                k = min(left, int(rng.integers(1, 5)))
+                # As in Kaggle's set: a NORMAL patient has one image (now and then two), a PNEUMONIA
+                # patient one to four, so a validation split of a given size holds more NORMAL patients.
+                most = 5 if label == "PNEUMONIA" else (3 if rng.random() < 0.1 else 2)
+                k = min(left, int(rng.integers(1, most)))
                 planned.extend(names.patient(split, label, k))
                 left -= k
     for i in range(n_corrupt):
@@ -319,7 +322,7 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def synthesize(out_dir: str, n: int = 600, seed: int = 0, *, min_side: int = 192, max_side: int = 384) -> SynthSummary:
+def synthesize(out_dir: str, n: int = 800, seed: int = 0, *, min_side: int = 192, max_side: int = 384) -> SynthSummary:
     """Writes a synthetic chest-X-ray data set in the Kaggle chest-xray-pneumonia layout.
 
     The same (n, seed, min_side, max_side) always gives byte-identical files, so test expectations and
@@ -389,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(description="Write a synthetic chest-X-ray data set (Kaggle layout).")
     parser.add_argument("out", metavar="OUT", help="output folder (must not already hold a train/ set)")
-    parser.add_argument("--n", type=int, default=600, help="total number of files (default 600)")
+    parser.add_argument("--n", type=int, default=800, help="total number of files (default 800)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -27,8 +27,7 @@ def examples_dir(synth_dir, tmp_path_factory) -> str:
     from radflow.components.ingest.ingest import ingest
 
     out = str(tmp_path_factory.mktemp("ingest") / "examples")
-    # val_fraction 0.2: at 0.1 the carved val of 120 images holds no NORMAL patient, which validate refuses
-    ingest(synth_dir, out, IngestConfig(image_size=TINY_SIZE, val_fraction=0.2))
+    ingest(synth_dir, out, IngestConfig(image_size=TINY_SIZE))
     return out
 
 

