@@ -14,7 +14,7 @@ def test_round_trip_through_a_kfp_struct_restores_types():
     assert cfg.filters == (8, 16) and all(isinstance(f, int) for f in cfg.filters)
     assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float)
     assert from_dict(TrainConfig, to_dict(TrainConfig())) == TrainConfig()
-    assert from_dict(EvaluateConfig, {"min_roc_auc": None}).min_roc_auc is None
+    assert from_dict(EvaluateConfig, {"min_roc_auc": 0}).min_roc_auc == 0.0  # 0 disables a gate
 
 
 def test_unknown_keys_and_fractional_ints_are_refused():

@@ -23,7 +23,8 @@ def test_local_run_pushes_a_servable_model(tmp_path, capsys):
     # augmentation 15 epochs at 64 px land at test ROC AUC 0.90-0.93 (4 runs; 0.74-1.0 with it).
     config.write_text("ingest: {image_size: 64, val_fraction: 0.25}\n"
                       "train: {epochs: 15, batch_size: 16, augment: false}\n"
-                      "evaluate: {min_roc_auc: 0.7, min_sensitivity: 0, min_roc_auc_ci_lower: 0}\n")
+                      "evaluate: {min_roc_auc: 0.7, min_roc_auc_ci_lower: 0, min_sensitivity: 0, "
+                      "min_sensitivity_ci_lower: 0, min_specificity: 0, min_specificity_ci_lower: 0}\n")
 
     code = main(["run", "--local", "--data", data, "--serving-root", str(serving_root),
                  "--pipeline-root", str(tmp_path / "runs"), "--config", str(config)])

@@ -328,3 +328,20 @@ def test_image_level_splits_are_a_limitation_in_the_blessing_and_card():
     blessing = decide_blessing(_evidence(), EvaluateConfig(), limitations=[limit])
     assert blessing.reason.endswith("Limitations: " + limit) and blessing.limitations == [limit]
     assert data_limitations(ex.DatasetMetadata(("A", "B"), 16, patient_ids={"pattern": 10})) == []
+
+
+def test_validates_shortcut_findings_reach_the_blessing_and_the_model_card(good_model_dir, separable_examples_dir,
+                                                                          tmp_path):
+    from radflow import fileio
+    from radflow.components.validate import validate as v
+
+    line = "feature 'source_format' alone predicts 'PNEUMONIA' at one-feature ROC AUC 1.000 (>= 0.8): PNG in 24 of 24"
+    finding = v.ValidationResult(str(tmp_path / "validation"), True, [], {"train": 120}, [line], shortcuts=[line])
+    fileio.write_text_atomic(str(tmp_path / "validation" / v.RESULT_FILE), v._to_json(finding))
+    result = evaluate(good_model_dir, separable_examples_dir, str(tmp_path / "eval"),
+                      EvaluateConfig(bootstrap_resamples=50, explain_images=0, error_analysis_images=0),
+                      validation_dir=str(tmp_path / "validation"))
+    assert f"Shortcut warning: {line}" in result.blessing.limitations and line in result.blessing.reason
+    with open(tmp_path / "eval" / MODEL_CARD_FILE) as f:
+        page = f.read()
+    assert "Shortcut warnings (validate)" in page and "alone predicts &#x27;PNEUMONIA&#x27;" in page

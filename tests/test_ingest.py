@@ -542,8 +542,9 @@ def test_synth_set_ingests_with_its_corrupt_files_quarantined(examples_dir, synt
     """The session fixture runs the default multi-processing DirectRunner."""
     rows = read_manifest(examples_dir)
     quarantined = {os.path.relpath(r["path"], synth_dir) for r in rows if r["state"] == QUARANTINED}
-    on_disk = sum(len(files) for _, _, files in tf.io.gfile.walk(synth_dir))
+    on_disk = sum(len([f for f in files if not f.startswith(".")]) for _, _, files in tf.io.gfile.walk(synth_dir))
     assert len(rows) == on_disk
+    assert ex.read_metadata(examples_dir).synthetic  # synth's marker was found (and is not an input)
     assert len(quarantined) == 2
     assert ex.read_metadata(examples_dir).layout == KAGGLE
 

@@ -29,7 +29,7 @@ def test_tasks_and_dependencies(tmp_path):
         "validation-gate": {"validate"},
         "class-balance": {"ingest", "validation-gate"},
         "train": {"ingest", "class-balance"},
-        "evaluate": {"ingest", "train"},
+        "evaluate": {"ingest", "validate", "train"},  # validate: its shortcut findings go into the model card
         "push": {"validate", "train", "evaluate"},
     }
 

@@ -330,7 +330,7 @@ def test_cross_validation_folds_are_parallel_gpu_tasks_met_by_merges(tmp_path):
     assert deps["merge-folds"] == {"train-fold", "train-fold-2"}
     assert deps["merge-folds-2"] == {"merge-folds", "train-fold-3"}
     assert deps["train-after-folds"] == {"ingest", "class-balance", "merge-folds-2"}
-    assert deps["evaluate"] == {"ingest", "train-after-folds"}
+    assert deps["evaluate"] == {"ingest", "validate", "train-after-folds"}
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     for executor in ("exec-train-fold", "exec-train-fold-2", "exec-train-fold-3", "exec-train-after-folds"):
         assert _resources(spec, executor)["accelerator"]["resourceType"] == "nvidia.com/gpu"

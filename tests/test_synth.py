@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 from collections import defaultdict
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from radflow import examples as ex
 from radflow.synth import CLASSES, SPLITS, SynthSummary, main, synthesize
 
 N = 60
@@ -34,7 +36,9 @@ def signal_set(tmp_path_factory: pytest.TempPathFactory) -> SynthSummary:
 
 
 def _files(root: str) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(Path(root).rglob("*")) if p.is_file()}
+    """The data set's files: every file but the hidden synthetic-data marker (never an input)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(Path(root).rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}
 
 
 def _good_images(summary: SynthSummary) -> list[tuple[str, np.ndarray]]:
@@ -90,7 +94,8 @@ def test_different_seed_gives_different_images(dataset: SynthSummary, tmp_path: 
 
 def test_layout_and_file_names(dataset: SynthSummary) -> None:
     root = Path(dataset.out_dir)
-    assert sorted(p.name for p in root.iterdir()) == sorted(SPLITS)
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == sorted(SPLITS)
+    assert json.loads((root / ex.SYNTHETIC_MARKER).read_text()) == {"modality": "chest X-ray"}
     for split in SPLITS:
         assert sorted(p.name for p in (root / split).iterdir()) == sorted(CLASSES)
         for label in CLASSES:
