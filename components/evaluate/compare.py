@@ -168,8 +168,10 @@ def format_comparison(result: dict) -> str:
     """The comparison as a terminal table: metrics side by side, the difference's CI, DeLong, settings."""
     level = f"{result['ci_level']:.0%}"
     a, b, d = result["a"], result["b"], result["difference"]
-    lines = [f"A: {a['name']} (threshold {a['threshold']}, {a['threshold_from']})",
-             f"B: {b['name']} (threshold {b['threshold']}, {b['threshold_from']})",
+    def point(side: dict) -> str:
+        return "argmax" if side["threshold"] is None else f"threshold {side['threshold']:.4f}, {side['threshold_from']}"
+
+    lines = [f"A: {a['name']} ({point(a)})", f"B: {b['name']} ({point(b)})",
              f"on {result['images']} test images from {result['patients']} patients of {result['examples_dir']}", "",
              f"{'metric':<18} {'A':>8} {'B':>8} {'A - B':>8}  {level} CI of A - B (paired patient bootstrap)"]
     for name in mx.METRIC_NAMES:
