@@ -36,7 +36,7 @@ from urllib.parse import parse_qsl, urlsplit
 from radflow import examples as ex
 from radflow import fileio
 from radflow.components.ingest.config import SPLIT_FOLDER_NAMES, IngestConfig
-from radflow.pacs.connection import DICOMWEB_SCHEME, PacsConfig, call, open_client
+from radflow.pacs.connection import DICOMWEB_SCHEME, PacsConfig, call, open_client, retrieve_as_stored
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,6 @@ LAYOUT = "dicomweb"
 NO_LABEL = "its study has no label in the labels file"
 LABEL_KEYS = ("StudyInstanceUID", "AccessionNumber")  # what a labels.csv row may name its study by
 PAGE = 1000  # QIDO-RS results asked for per request (limit/offset paging)
-_AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 _STUDY_UID, _SERIES_UID, _SOP_UID, _ACCESSION = "0020000D", "0020000E", "00080018", "00080050"
 
 
@@ -266,20 +265,8 @@ class InstanceReader:
         client, pacs = self._client(root)
         url = f"{root}/studies/{rel}"
         with _limiter(self._config.dicomweb_max_concurrent):
-            parts_read = call(lambda: _retrieve_as_stored(client, url), f"WADO-RS {rel}", pacs)
+            parts_read = call(lambda: retrieve_as_stored(client, url), f"WADO-RS {rel}", pacs)
         if len(parts_read) != 1:
             raise ValueError(f"WADO-RS {rel}: expected one instance, got {len(parts_read)} parts")
         return parts_read[0]
 
-
-def _retrieve_as_stored(client, url: str) -> list[bytes]:
-    """WADO-RS of one instance in transfer syntax "*" (as stored), as raw parts.
-
-    Uses dicomweb-client's own GET and multipart decoding (pinned version): its public
-    retrieve_instance parses the bytes into a Dataset, and writing that back could change the bytes
-    that the manifest hashes and that the decoder judges (a damaged file would be re-encoded whole).
-    """
-    response = client._http_get(url, headers={"Accept": _AS_STORED})
-    if response.headers.get("Content-Type", "").startswith("application/dicom"):  # a bare part, as some PACS send
-        return [response.content]
-    return list(client._decode_multipart_message(response, stream=False))

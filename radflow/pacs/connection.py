@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 DICOMWEB_SCHEME = "dicomweb+"  # ingest's source form: dicomweb+http(s)://HOST:PORT/PATH?QIDO-FILTERS
+AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 RETRIED_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 CREDENTIAL_KEYS = ("username", "password", "token")
 
@@ -226,3 +227,16 @@ def call(fn: Callable[[], T], what: str, config: PacsConfig, sleep: Callable[[fl
         log.debug("PACS %s: %s for %s; retrying in %.1f s", config.host, reason, what, delay)
         sleep(delay)
         delay, attempt = delay * 2, attempt + 1
+
+
+def retrieve_as_stored(client, url: str) -> list[bytes]:
+    """WADO-RS of one instance (its full URL) in transfer syntax "*", as stored: the raw parts.
+
+    Uses dicomweb-client's own GET and multipart decoding (pinned version): its public
+    retrieve_instance parses the bytes into a Dataset, and writing that back could change the bytes
+    that the manifest hashes and that the decoder judges (a damaged file would be re-encoded whole).
+    """
+    response = client._http_get(url, headers={"Accept": AS_STORED})
+    if response.headers.get("Content-Type", "").startswith("application/dicom"):  # a bare part, as some PACS send
+        return [response.content]
+    return list(client._decode_multipart_message(response, stream=False))
