@@ -401,12 +401,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
+    from radflow.pacs.connection import PacsConfig
     from radflow.serving.review.app import serve_review
     from radflow.serving.review.config import ReviewConfig
 
     base = args.model_base_path or os.path.join("models", args.model)
+    pacs = PacsConfig(args.pacs, credentials_file=args.pacs_credentials or "",
+                      ca_file=args.pacs_ca_file or "") if args.pacs else None
     serve_review(ReviewConfig(server=args.server, model_base_path=base, model_name=args.model, port=args.port,
-                              save_uploads=args.save_uploads, timeout_s=args.timeout))
+                              save_uploads=args.save_uploads, timeout_s=args.timeout, pacs=pacs))
     return 0
 
 

@@ -239,4 +239,4 @@ def retrieve_as_stored(client, url: str) -> list[bytes]:
     response = client._http_get(url, headers={"Accept": AS_STORED})
     if response.headers.get("Content-Type", "").startswith("application/dicom"):  # a bare part, as some PACS send
         return [response.content]
-    return list(client._decode_multipart_message(response, stream=False))
+    return [bytes(part) for part in client._decode_multipart_message(response, stream=False)]
