@@ -289,3 +289,39 @@ def test_filter_selection_and_redaction():
     ds = pydicom.Dataset()
     ds.PatientName, ds.PatientID, ds.Modality = "Doe^Jane", "PID-77", "CR"
     assert redact("bad value 'Doe^Jane' for PID-77 on CR", ds) == "bad value '<redacted>' for <redacted> on CR"
+
+
+def test_results_stored_before_a_crash_are_found_not_stored_again(pacs, served, tmp_path):
+    """The window a SIGKILL can hit: STOW-RS done, ledger not yet. The next try must find the results and keep them."""
+    from radflow.pacs.connection import PacsConfig, open_client
+    from radflow.pacs.router import RouteConfig, Router
+
+    server, base = served
+    paths = write_studies(tmp_path / "in", 2, seed=6)
+    pacs.storescu(paths)
+    sources = [pydicom.dcmread(p) for p in paths]
+    with ServingClient(f"127.0.0.1:{server.grpc_port}", MODEL) as client:
+        answers = [client.predict([dicom.to_png(open(p, "rb").read())])[0] for p in paths]
+    stored = [results.Answer(MODEL, a.version, a.scores, a.label, a.threshold, a.decision) for a in answers]
+    config = RouteConfig(pacs=PacsConfig(pacs.dicomweb, credentials_file=pacs.credentials_file()),
+                         serving=f"127.0.0.1:{server.grpc_port}", model_name=MODEL, model_base_path=base,
+                         state_dir=str(tmp_path / "state"), since=SINCE, poll_s=0.2)
+    client = open_client(config.pacs)
+    # the first image's SR and SC made it into the PACS, the second's SR only, then the router died
+    rgb = np.zeros((512, 512, 3), np.uint8)
+    client.store_instances([results.make_sr(sources[0], stored[0]), results.make_sc(sources[0], rgb, stored[0]),
+                            results.make_sr(sources[1], stored[1])])
+    router = Router(config)
+    router.ledger.add_new([(str(s.SOPInstanceUID), str(s.StudyInstanceUID), str(s.SeriesInstanceUID))
+                           for s in sources], max_pending=10)
+    router.run(once=True)
+    entries = {e.sop_uid: e for e in router.ledger.entries()}
+    assert all(e.state == "done" for e in entries.values()), entries
+    assert entries[str(sources[0].SOPInstanceUID)].note == "results were already stored"
+    srs, scs, _ = results_by_source(pacs)
+    for s in sources:
+        assert len(srs[str(s.SOPInstanceUID)]) == 1 and len(scs[str(s.SOPInstanceUID)]) == 1
+    first_sc = scs[str(sources[0].SOPInstanceUID)][0]
+    assert first_sc.pixel_array[100:].max() == 0, "the SC stored before the crash is kept, not replaced"
+    second_sc = scs[str(sources[1].SOPInstanceUID)][0]
+    assert second_sc.pixel_array.std() > 5 and "v1" in second_sc.DerivationDescription
