@@ -415,14 +415,13 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 def cmd_route(args: argparse.Namespace) -> int:
     from radflow.pacs.connection import PacsConfig
-    from radflow.pacs.ledger import Ledger
-    from radflow.pacs.router import LEDGER_FILE, RouteConfig, describe, parse_filter, parse_seconds, route
+    from radflow.pacs.router import RouteConfig, describe, existing_ledger, parse_filter, parse_seconds, route
 
     if args.status:
         print("\n".join(describe(args.state)))
         return 0
     if args.retry_failed:
-        print(f"{Ledger(os.path.join(args.state, LEDGER_FILE)).requeue_failed()} failed instances are pending again")
+        print(f"{existing_ledger(args.state).requeue_failed()} failed instances are pending again")
         return 0
     if not (args.pacs and args.serving):
         print("radflow route: error: --pacs and --serving are required", file=sys.stderr)
@@ -433,7 +432,8 @@ def cmd_route(args: argparse.Namespace) -> int:
         state_dir=args.state, poll_s=parse_seconds(args.poll), filter=parse_filter(args.filter), since=args.since or "",
         workers=args.workers, queue_size=args.queue_size, max_pending=args.max_pending,
         max_attempts=args.max_attempts, retry_backoff_s=parse_seconds(args.retry_backoff),
-        serving_ca_cert=args.serving_ca_cert or ""), once=args.once)
+        serving_ca_cert=args.serving_ca_cert or "", **({"disclaimer": args.disclaimer} if args.disclaimer else {})),
+        once=args.once)
     print(f"answered {router.stats.answered}; ledger {router.ledger.counts()}")
     return 0
 
@@ -761,6 +761,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "password, or token) or a file of 'key: value' lines")
     p.add_argument("--pacs-ca-file", metavar="PEM", help="CA of the PACS's https certificate")
     p.add_argument("--serving-ca-cert", metavar="PEM", help="speak TLS to the model server, trusting this CA")
+    p.add_argument("--disclaimer", help="stated in every SR and burned into every SC (default: 'NOT FOR CLINICAL "
+                   "USE - research output of radflow, not a diagnosis')")
     p.add_argument("--once", action="store_true", help="stop when nothing is left to try now")
     p.add_argument("--status", action="store_true", help="print the ledger's counts and failed images, and exit")
     p.add_argument("--retry-failed", action="store_true", help="make failed images pending again, and exit")

@@ -246,6 +246,9 @@ def test_failing_studies_are_retried_with_backoff_then_recorded_as_failed(pacs, 
         tries = db.execute("SELECT attempts, next_try - discovered_at FROM instances WHERE state = 'failed'").fetchall()
     assert all(attempts == 3 for attempts, _ in tries)
     assert PATIENT_NAME not in log and "PID-SECRET" not in log
+    requeued = subprocess.run([sys.executable, "-m", "radflow.cli", "route", "--retry-failed", "--state", state],
+                              capture_output=True, text=True, check=True).stdout
+    assert "2 failed instances are pending again" in requeued and router.counts() == {"pending": 2, "done": 1}
 
 
 def test_only_what_the_filter_selects_is_answered_and_results_are_never_answered(pacs, served, tmp_path):

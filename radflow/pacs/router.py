@@ -584,6 +584,8 @@ def route(config: RouteConfig, once: bool = False) -> Router:
     Returns:
         The stopped router (its ledger and stats).
     """
+    for chatty in ("highdicom", "dicomweb_client"):  # a line per module copied and per request, UIDs and all
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     router = Router(config)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: router.stop())
@@ -591,8 +593,8 @@ def route(config: RouteConfig, once: bool = False) -> Router:
     return router
 
 
-def describe(state_dir: str) -> list[str]:
-    """Lines for `radflow route --status`: the counts, then every failed instance and why.
+def existing_ledger(state_dir: str) -> Ledger:
+    """The ledger of a router's state folder, which must exist (status and requeue never create one).
 
     Raises:
         FileNotFoundError: `state_dir` holds no ledger.
@@ -600,7 +602,16 @@ def describe(state_dir: str) -> list[str]:
     path = os.path.join(state_dir, LEDGER_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no router ledger at {path}; pass the --state folder the router runs with")
-    ledger = Ledger(path)
+    return Ledger(path)
+
+
+def describe(state_dir: str) -> list[str]:
+    """Lines for `radflow route --status`: the counts, then every failed instance and why, then the last answers.
+
+    Raises:
+        FileNotFoundError: `state_dir` holds no ledger.
+    """
+    ledger = existing_ledger(state_dir)
     try:
         lines = [f"ledger {ledger.path}: {ledger.counts()}; answering StudyDate >= {ledger.get_meta('since')}"]
         for e in ledger.entries(FAILED):
