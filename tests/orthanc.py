@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 
 import numpy as np
@@ -103,6 +104,7 @@ class Orthanc:
             "DicomCheckCalledAet": False, "UnknownSopClassAccepted": True, "StableAge": 1,
             "HttpCompressionEnabled": False, "SaveJobs": False,
         }
+
         path = os.path.join(self.folder, "orthanc.json")
         with open(path, "w") as f:
             json.dump(config, f)
@@ -152,6 +154,64 @@ class Orthanc:
         reply = requests.get(f"{self.rest}/instances/{orthanc_id}/file", auth=self.auth, timeout=60)
         reply.raise_for_status()
         return reply.content
+
+
+class TlsProxy:
+    """An https front for a plain-HTTP server, as hospitals put a TLS-terminating proxy before a PACS.
+
+    (Debian's Orthanc 1.10 segfaults on its first https connection here, so its own SslEnabled
+    cannot be used.) Each connection is relayed byte for byte in two threads.
+
+    Args:
+        target_port: the plain-HTTP port on 127.0.0.1.
+        certificate, key: PEM files of the proxy's certificate.
+    """
+
+    def __init__(self, target_port: int, certificate: str, key: str):
+        import ssl
+
+        self.target_port = target_port
+        self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._context.load_cert_chain(certificate, key)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import ssl
+
+        while not self._stopped:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                secure = self._context.wrap_socket(client, server_side=True)
+            except (ssl.SSLError, OSError):  # a client that does not trust the certificate hangs up
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            for a, b in ((secure, upstream), (upstream, secure)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._listener.close()
 
 
 def chest_dicom(pixels: np.ndarray, *, patient_id: str, study_uid: str, accession: str = "",

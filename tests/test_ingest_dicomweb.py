@@ -19,7 +19,7 @@ import numpy as np
 import pydicom
 import pytest
 import requests
-from orthanc import IDENTIFYING, PATIENT_NAME, Orthanc, chest_dicom, skip_reason
+from orthanc import IDENTIFYING, PATIENT_NAME, Orthanc, TlsProxy, chest_dicom, skip_reason
 from pydicom.uid import generate_uid
 
 from radflow.components.ingest import dicomweb
@@ -240,6 +240,24 @@ def test_credentials_come_from_a_file_or_a_secret_folder_never_the_address(pacs_
     (tmp_path / "both").write_text("token: abc\nusername: u\npassword: p\n")
     with pytest.raises(ValueError, match="both a token and a username"):
         read_credentials(str(tmp_path / "both"))
+
+
+def test_https_is_verified_against_the_given_ca(pacs_data, tmp_path):
+    from test_serving import _self_signed  # a certificate for 127.0.0.1 that is its own CA
+
+    server, _, labels, _ = pacs_data
+    certificate = _self_signed(tmp_path)
+    proxy = TlsProxy(server.http_port, *certificate)
+    try:
+        source = f"dicomweb+https://127.0.0.1:{proxy.port}/dicom-web?Modality=CR"
+        trusted = _config(server, labels, dicomweb_ca_file=certificate[0])
+        assert len(dicomweb.list_files(source, trusted)) == 1 + 1 + 8 * 2 + 3 + 2
+        with pytest.raises(ValueError, match="TLS verification failed .*--pacs-ca-file, ingest.dicomweb_ca_file"):
+            dicomweb.list_files(source, _config(server, labels))  # the system's CAs do not know it
+        with pytest.raises(ValueError, match="ca_file is set but the address is not https"):
+            PacsConfig(server.dicomweb, ca_file=certificate[0])
+    finally:
+        proxy.stop()
 
 
 def test_the_query_selects_studies_and_their_instances_of_that_modality(pacs_data):

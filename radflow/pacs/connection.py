@@ -42,6 +42,17 @@ class PacsUnavailable(RuntimeError):
     """The PACS gave no answer (refused, reset, timed out) on any try."""
 
 
+class PacsTLSError(ValueError):
+    """The PACS's https certificate is not trusted (a configuration error: never retried)."""
+
+
+def _tls_reason(err: Exception) -> str:
+    """The innermost reason of a requests SSLError, e.g. 'certificate verify failed: self-signed certificate'."""
+    text = str(err)
+    found = text.rfind("certificate verify failed")
+    return text[found:].split("(")[0].rstrip(" ')\"") if found >= 0 else type(err).__name__
+
+
 class PacsHTTPError(RuntimeError):
     """The PACS answered with an HTTP error status on the last try.
 
@@ -174,6 +185,21 @@ class PacsConfig:
         return urlsplit(self.url).netloc
 
 
+class _Session(requests.Session):
+    """A requests session whose own CA (`verify`) wins over $REQUESTS_CA_BUNDLE and $CURL_CA_BUNDLE.
+
+    requests lets those variables override `Session.verify` for every request, which would make a
+    configured ca_file silently unused on any machine that sets them; proxies from the environment
+    still apply.
+    """
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if verify is None and self.verify is not True:
+            settings["verify"] = self.verify
+        return settings
+
+
 def open_client(config: PacsConfig):
     """A dicomweb-client DICOMwebClient for the PACS, authenticated and verifying TLS as configured.
 
@@ -184,7 +210,7 @@ def open_client(config: PacsConfig):
     """
     from dicomweb_client.api import DICOMwebClient
 
-    session = requests.Session()
+    session = _Session()
     read_credentials(config.credentials_file).apply(session)
     session.verify = config.ca_file or True
     client = DICOMwebClient(config.url, session=session, timeout=config.timeout_s)
@@ -206,6 +232,7 @@ def call(fn: Callable[[], T], what: str, config: PacsConfig, sleep: Callable[[fl
 
     Raises:
         PacsUnavailable: no answer on any try.
+        PacsTLSError: the server's certificate is not trusted (at once).
         PacsHTTPError: an HTTP error status (at once for 4xx other than 408/429; after the retries otherwise).
     """
     delay, attempt = config.backoff_s, 0
@@ -219,6 +246,9 @@ def call(fn: Callable[[], T], what: str, config: PacsConfig, sleep: Callable[[fl
                 tries = f" after {attempt + 1} tries" if attempt else ""
                 raise PacsHTTPError(status, f"PACS {config.host} answered HTTP {status} to {what}{tries}") from err
             reason = f"HTTP {status}"
+        except requests.exceptions.SSLError as err:  # an answer no retry changes: the certificate is not trusted
+            raise PacsTLSError(f"PACS {config.host}: TLS verification failed ({_tls_reason(err)}); give the CA that "
+                               "signed its certificate (--pacs-ca-file, ingest.dicomweb_ca_file)") from err
         except (requests.ConnectionError, requests.Timeout) as err:
             if last:
                 raise PacsUnavailable(f"PACS {config.host} did not answer {what} after {attempt + 1} tries "
