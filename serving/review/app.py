@@ -52,7 +52,14 @@ from radflow.components.push.layout import LINEAGE_DIR, read_lineage, version_pa
 from radflow.components.train.train import KERAS_MODEL_FILE
 from radflow.explain import grad_cam, overlay
 from radflow.pacs import results as pacs_results
-from radflow.pacs.connection import PacsHTTPError, PacsUnavailable, call, open_client, retrieve_as_stored
+from radflow.pacs.connection import (
+    PacsHTTPError,
+    PacsTLSError,
+    PacsUnavailable,
+    call,
+    open_client,
+    retrieve_as_stored,
+)
 from radflow.preprocessing import decode_image, preprocess_encoded, standardize
 from radflow.serving.client import ClientPrediction, ServingClient
 from radflow.serving.review.config import ReviewConfig
@@ -252,6 +259,8 @@ class Reviewer:
             return call(fn, what, self.config.pacs)
         except PacsUnavailable as err:
             raise ReviewError(503, str(err)) from err
+        except PacsTLSError as err:
+            raise ReviewError(502, str(err)) from err
         except PacsHTTPError as err:
             raise ReviewError(404 if err.status == 404 else 502, str(err)) from err
 
