@@ -235,7 +235,7 @@ def _limiter(n: int) -> threading.BoundedSemaphore:
 class InstanceReader:
     """Reads one instance's bytes, exactly as the PACS stores them, by its `dicomweb+` address.
 
-    Made once per ingest worker (the client and its connection pool are reused); safe across threads.
+    Made once per ingest worker; each thread keeps its own client (and connection pool) per PACS.
 
     Args:
         config: the ingest config's connection settings and `dicomweb_max_concurrent`.
@@ -243,14 +243,14 @@ class InstanceReader:
 
     def __init__(self, config: IngestConfig):
         self._config = config
-        self._clients: dict[str, object] = {}
-        self._lock = threading.Lock()
+        self._local = threading.local()  # one session per thread and PACS: requests' sessions are not thread-safe
 
     def _client(self, root: str):
-        with self._lock:
-            if root not in self._clients:
-                self._clients[root] = (open_client(pacs_config(root, self._config)), pacs_config(root, self._config))
-            return self._clients[root]
+        clients = self._local.__dict__.setdefault("clients", {})
+        if root not in clients:
+            pacs = pacs_config(root, self._config)
+            clients[root] = (open_client(pacs), pacs)
+        return clients[root]
 
     def __call__(self, path: str) -> bytes:
         """The instance's Part 10 bytes in its stored transfer syntax.

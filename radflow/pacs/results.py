@@ -21,8 +21,9 @@ can ask whether the result is already there. `read_sr` reads an SR back (tests, 
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import io
+import logging
 import textwrap
 import uuid
 import warnings
@@ -91,12 +92,16 @@ def result_series_uid(model: str, study_uid: str, kind: str) -> str:
     return derived_uid("series", model, study_uid, kind)
 
 
-@contextlib.contextmanager
-def quiet():
-    """Silences pydicom's and highdicom's warnings, whose text quotes header values (person names among them)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+@functools.cache
+def silence_header_warnings() -> None:
+    """Keeps pydicom's and highdicom's warnings, and pydicom's log lines of them, out of this process's output.
+
+    Their text quotes header values, person names among them. Process-wide and idempotent: the
+    router answers on several threads, and warnings.catch_warnings is not thread-safe.
+    """
+    for module in ("pydicom", "highdicom"):
+        warnings.filterwarnings("ignore", module=rf"{module}(\.|$)")
+        logging.getLogger(module).setLevel(logging.ERROR)
 
 
 def _class_code(name: str) -> hd.sr.CodedConcept:
@@ -114,8 +119,8 @@ def make_sr(source: pydicom.Dataset, answer: Answer, disclaimer: str = DEFAULT_D
     Returns:
         The SR, ready to store.
     """
-    with quiet():
-        return _make_sr(source, answer, disclaimer)
+    silence_header_warnings()
+    return _make_sr(source, answer, disclaimer)
 
 
 def _make_sr(source: pydicom.Dataset, answer: Answer, disclaimer: str) -> hd.sr.ComprehensiveSR:
@@ -185,8 +190,8 @@ def make_sc(source: pydicom.Dataset, overlay_rgb: np.ndarray, answer: Answer,
     Returns:
         The Secondary Capture, ready to store.
     """
-    with quiet():
-        return _make_sc(source, overlay_rgb, answer, disclaimer)
+    silence_header_warnings()
+    return _make_sc(source, overlay_rgb, answer, disclaimer)
 
 
 def _make_sc(source: pydicom.Dataset, overlay_rgb: np.ndarray, answer: Answer, disclaimer: str) -> hd.sc.SCImage:
@@ -249,8 +254,8 @@ def read_sr(data: bytes | pydicom.Dataset) -> StoredResult:
     Raises:
         ValueError: not a radflow result SR (no measurement group, or no Finding).
     """
-    with quiet():
-        sr = hd.sr.srread(io.BytesIO(data)) if isinstance(data, bytes) else hd.sr.ComprehensiveSR.from_dataset(data)
+    silence_header_warnings()
+    sr = hd.sr.srread(io.BytesIO(data)) if isinstance(data, bytes) else hd.sr.ComprehensiveSR.from_dataset(data)
     groups = sr.content.get_image_measurement_groups()
     if len(groups) != 1:
         raise ValueError(f"expected one measurement group, found {len(groups)}")

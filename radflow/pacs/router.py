@@ -28,7 +28,7 @@ is counted: the router waits, probing with backoff, and the pending instances, i
 discovered meanwhile, are answered when it is back. The source instances are only ever read.
 The log names instances by UID; no header value of the image (names, ids, dates) is ever logged:
 error texts are scrubbed of them, and pydicom's and highdicom's warnings (which quote values) are
-silenced.
+silenced for the process.
 """
 
 from __future__ import annotations
@@ -213,10 +213,12 @@ class Router:
         from radflow.serving.client import ServingClient
 
         self.config = config
+        results.silence_header_warnings()
         os.makedirs(config.state_dir, exist_ok=True)
         self.ledger = Ledger(os.path.join(config.state_dir, LEDGER_FILE))
         self.since = self.ledger.meta("since", config.since or time.strftime("%Y%m%d"))
-        self.pacs = open_client(config.pacs)
+        self._clients = threading.local()  # one DICOMweb session per thread: requests' sessions are not thread-safe
+        open_client(config.pacs)  # reads the credentials now, so a bad file stops the start
         self.serving = ServingClient(config.serving, config.model_name, timeout=config.serving_timeout_s,
                                      ca_cert=config.serving_ca_cert or None)
         self._models = _model_service(config)
@@ -228,6 +230,14 @@ class Router:
         self._up = threading.Event()  # the serving endpoint and the PACS answer
         self._outage_since: float | None = None
         self.stats = _Stats()
+
+    @property
+    def pacs(self):
+        """This thread's DICOMweb client."""
+        client = getattr(self._clients, "client", None)
+        if client is None:
+            client = self._clients.client = open_client(self.config.pacs)
+        return client
 
     # -- the loop ----------------------------------------------------------------------------------
 
@@ -398,7 +408,8 @@ class Router:
             log.warning("route: %s; pausing until it answers", why)
 
     def _failed(self, entry, message: str, ds: pydicom.Dataset | None) -> None:
-        self.stats.failed_tries += 1
+        with self._lock:
+            self.stats.failed_tries += 1
         message = redact(message, ds)[:500]
         state, attempts = self.ledger.failed_attempt(entry.sop_uid, message, self.config.max_attempts,
                                                      self.config.retry_backoff_s, self.config.max_backoff_s)
@@ -431,11 +442,10 @@ class Router:
         if len(parts) != 1:
             raise _Failure(f"WADO-RS of {entry.sop_uid} returned {len(parts)} parts, not one")
         data = parts[0]
-        with results.quiet():
-            try:
-                source = dicom.read_dataset(data, stop_before_pixels=True)
-            except dicom.DicomError as err:
-                raise _Failure(f"undecodable: {err}") from err
+        try:
+            source = dicom.read_dataset(data, stop_before_pixels=True)
+        except dicom.DicomError as err:
+            raise _Failure(f"undecodable: {err}") from err
         values = {k: str(source.get(k, "")) for k in _TAGS}
         why = selection_problem(values, self.config.filter, partial=False)
         if why:
@@ -466,19 +476,17 @@ class Router:
         if sr_uid in present:  # a try cut off after storing: its own SR says what the answer was
             answer = self._stored_answer(entry, sr_uid)
         else:
-            with results.quiet():
-                try:
-                    png = dicom.to_png(data)
-                except dicom.DicomError as err:
-                    raise _Failure(f"undecodable: {err}") from err
+            try:
+                png = dicom.to_png(data)
+            except dicom.DicomError as err:
+                raise _Failure(f"undecodable: {err}") from err
             answer = self._predict(png)
         objects, note = [], "results were already stored" if present == wanted else ""
         if sr_uid not in present:
             objects.append(results.make_sr(source, answer, self.config.disclaimer))
         if self._explainer and sc_uid not in present:
             if png is None:
-                with results.quiet():
-                    png = dicom.to_png(data)
+                png = dicom.to_png(data)
             overlay, note = self._explainer.overlay(png, answer)
             if overlay is not None:
                 objects.append(results.make_sc(source, overlay, answer, self.config.disclaimer))
@@ -488,7 +496,8 @@ class Router:
         if stored_sc is None and self._explainer and note:
             log.warning("route: instance %s: SR stored without a Secondary Capture: %s", entry.sop_uid, note)
         self.ledger.done(entry.sop_uid, answer.version, answer.decision, sr_uid, stored_sc, note)
-        self.stats.answered += 1
+        with self._lock:
+            self.stats.answered += 1
         log.info("route: instance %s of study %s answered by %s v%d: %s (threshold %.3f)", entry.sop_uid,
                  entry.study_uid, model, answer.version, answer.decision, answer.threshold)
 
