@@ -205,7 +205,6 @@ class Reviewer:
         states = {s.version: s.state for s in reply.model_version_status}
         available = [v for v, state in states.items() if state == AVAILABLE]
         return {"server": self.config.server, "model": self.config.model_name,
-                "pacs": self.config.pacs.host if self.config.pacs else None,
                 "serving_version": max(available, default=None),
                 "versions": {v: get_model_status_pb2.ModelVersionStatus.State.Name(s) for v, s in states.items()}}
 
@@ -412,7 +411,8 @@ class ReviewApp:
         return Response(body, mimetype=mimetype)
 
     def _status(self, request: Request) -> Response:
-        return _json(self.reviewer.status())
+        pacs = self.reviewer.config.pacs
+        return _json({**self.reviewer.status(), "pacs": pacs.host if pacs else None})
 
     def _review(self, request: Request) -> Response:
         # get_data reads the body into memory; a multipart form would be spooled to a temporary file.
