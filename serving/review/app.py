@@ -71,7 +71,7 @@ TRUSTED_HOSTS = ("127.0.0.1", "localhost")  # Host headers answered; others (DNS
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")  # a DICOM UID: digits and dots, at most 64 characters
 _SR_CLASSES = "1.2.840.10008.5.1.4.1.1.88."  # every Structured Report SOP class starts so: not an image
-_TAGS = {"sop": "00080018", "series": "0020000E", "sop_class": "00080016"}
+_TAGS = {"sop": "00080018", "series": "0020000E", "sop_class": "00080016", "number": "00200013"}
 STATIC_FILES = {"index.html": "text/html", "review.js": "text/javascript", "review.css": "text/css"}
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; frame-ancestors 'none'",
@@ -270,7 +270,8 @@ class Reviewer:
             study_uid: the StudyInstanceUID.
 
         Returns:
-            {"study_uid", "pacs", "images": [review results, each with sop_instance_uid and "stored"],
+            {"study_uid", "pacs", "images": [review results in InstanceNumber order, each with sop_instance_uid
+            and "stored"],
             "not_reviewed": instances left out (reports, the router's results, images over max_study_images)}.
 
         Raises:
@@ -282,7 +283,8 @@ class Reviewer:
         if not (_UID.match(study_uid) and len(study_uid) <= 64):
             raise ReviewError(400, f"{study_uid[:80]!r} is not a StudyInstanceUID (digits and dots, at most 64)")
         found = self._pacs_call(lambda: self.pacs.search_for_instances(
-            study_instance_uid=study_uid, fields=["SOPClassUID", "SeriesInstanceUID"]), f"the instances of {study_uid}")
+            study_instance_uid=study_uid, fields=["SOPClassUID", "SeriesInstanceUID", "InstanceNumber"]),
+            f"the instances of {study_uid}")
         if not found:
             raise ReviewError(404, f"PACS {self.config.pacs.host} has no study {study_uid}")
         uids = {_value(item, _TAGS["sop"]) for item in found}
@@ -290,7 +292,7 @@ class Reviewer:
         ours = self._result_uids(uids)
         images = [item for item in found if not _value(item, _TAGS["sop_class"]).startswith(_SR_CLASSES)
                   and _value(item, _TAGS["sop"]) not in ours]
-        images.sort(key=lambda item: _value(item, _TAGS["sop"]))
+        images.sort(key=lambda item: (_number(_value(item, _TAGS["number"])), _value(item, _TAGS["sop"])))
         reviewed = []
         for item in images[:self.config.max_study_images]:
             sop, series = _value(item, _TAGS["sop"]), _value(item, _TAGS["series"])
@@ -354,6 +356,14 @@ class Reviewer:
 def _value(item: dict, tag: str) -> str:
     """The first value of a DICOM JSON attribute, "" when absent."""
     return str((item.get(tag, {}).get("Value") or [""])[0])
+
+
+def _number(text: str) -> float:
+    """An InstanceNumber for ordering; one without a number goes last."""
+    try:
+        return float(text)
+    except ValueError:
+        return float("inf")
 
 
 def _image_extension(data: bytes) -> str:
