@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                     config = RouteConfig(
                         pacs=PacsConfig(pacs.dicomweb, credentials_file=pacs.credentials_file()),
                         serving=f"127.0.0.1:{server.grpc_port}", model_base_path=base if grad_cam else "",
-                        state_dir=os.path.join(folder, "route"), since="20000101", workers=args.workers,
-                        poll_s=0.5)
+                        state_dir=os.path.join(folder, "route"), since="20000101", lookback_days=0,
+                        workers=args.workers, poll_s=0.5)
                     router = Router(config)
                     load = os.getloadavg()
                     started = time.monotonic()

@@ -430,6 +430,7 @@ def cmd_route(args: argparse.Namespace) -> int:
     router = route(RouteConfig(
         pacs=pacs, serving=args.serving, model_name=args.model, model_base_path=args.model_base_path or "",
         state_dir=args.state, poll_s=parse_seconds(args.poll), filter=parse_filter(args.filter), since=args.since or "",
+        lookback_days=args.lookback_days,
         workers=args.workers, queue_size=args.queue_size, max_pending=args.max_pending,
         max_attempts=args.max_attempts, retry_backoff_s=parse_seconds(args.retry_backoff),
         serving_ca_cert=args.serving_ca_cert or "", **({"disclaimer": args.disclaimer} if args.disclaimer else {})),
@@ -751,6 +752,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", action="append", default=[], metavar="KEY=V1,V2", help="which images: "
                    "SOPClassUID (CR, DX), Modality=CR,DX and BodyPartExamined=CHEST by default; KEY= drops one")
     p.add_argument("--since", metavar="YYYYMMDD", help="first StudyDate answered (default: the first start's day)")
+    p.add_argument("--lookback-days", type=int, default=14, help="answer StudyDates of the last N days only, so "
+                   "polls stay cheap (default 14; 0: no limit)")
     p.add_argument("--workers", type=int, default=2, help="images answered at once (default 2)")
     p.add_argument("--queue-size", type=int, default=8, help="images dispatched to the workers at most (default 8)")
     p.add_argument("--max-pending", type=int, default=1000, help="pending images in the ledger at most; more wait "

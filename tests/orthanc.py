@@ -217,7 +217,7 @@ class TlsProxy:
 def chest_dicom(pixels: np.ndarray, *, patient_id: str, study_uid: str, accession: str = "",
                 patient_name: str = PATIENT_NAME, sop_uid: str | None = None, body_part: str = "CHEST",
                 modality: str = "CR", sop_class=ComputedRadiographyImageStorage, series_uid: str | None = None,
-                instance_number: int = 1) -> bytes:
+                instance_number: int = 1, study_date: str = "20261101") -> bytes:
     """Part 10 bytes of a chest radiograph: 8-bit MONOCHROME2, with patient, study and series set.
 
     Args:
@@ -226,6 +226,7 @@ def chest_dicom(pixels: np.ndarray, *, patient_id: str, study_uid: str, accessio
         sop_uid, series_uid: None makes new ones.
         body_part, modality, sop_class: what the router's filter looks at.
         instance_number: InstanceNumber.
+        study_date: StudyDate, YYYYMMDD.
     """
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -238,7 +239,7 @@ def chest_dicom(pixels: np.ndarray, *, patient_id: str, study_uid: str, accessio
         setattr(ds, name, value)
     ds.PatientSex = "F"
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid or generate_uid()
-    ds.StudyDate, ds.StudyTime, ds.StudyID = "20261101", "101500", "1"
+    ds.StudyDate, ds.StudyTime, ds.StudyID = study_date, "101500", "1"
     ds.SeriesNumber, ds.InstanceNumber = 1, instance_number
     ds.Modality, ds.BodyPartExamined, ds.ViewPosition = modality, body_part, "PA"
     ds.Rows, ds.Columns = pixels.shape

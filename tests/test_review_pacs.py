@@ -46,7 +46,7 @@ def study(served, tmp_path_factory):
     pacs.upload(images[0])
     config = RouteConfig(pacs=PacsConfig(pacs.dicomweb, credentials_file=pacs.credentials_file()),
                          serving=f"127.0.0.1:{server.grpc_port}", model_name=MODEL, model_base_path=base,
-                         state_dir=str(folder / "route"), since="20000101", poll_s=0.2)
+                         state_dir=str(folder / "route"), since="20000101", lookback_days=0, poll_s=0.2)
     router = Router(config)
     router.run(once=True)
     assert router.ledger.counts()["done"] == 1

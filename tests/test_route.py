@@ -78,7 +78,7 @@ class RouterProcess:
         self.state, self.log_path = state, log_path
         cmd = [sys.executable, "-m", "radflow.cli", "route", "--pacs", pacs.dicomweb, "--serving", serving,
                "--state", state, "--poll", "0.5", "--since", SINCE, "--pacs-credentials", pacs.credentials_file(),
-               "--retry-backoff", "0.2", *extra]
+               "--retry-backoff", "0.2", "--lookback-days", "0", *extra]
         self._log = open(log_path, "ab")
         self.process = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
@@ -277,6 +277,23 @@ def test_only_what_the_filter_selects_is_answered_and_results_are_never_answered
     assert len(srs) == 2 and len(scs) == 2 and len(sources) == 4
 
 
+def test_polls_look_back_a_bounded_window(pacs, tmp_path):
+    from radflow.pacs.connection import PacsConfig
+    from radflow.pacs.router import RouteConfig, Router
+
+    rng = np.random.default_rng(12)
+    today, old = time.strftime("%Y%m%d"), time.strftime("%Y%m%d", time.localtime(time.time() - 30 * 86400))
+    for date in (today, old):
+        pixels = rng.integers(0, 255, (64, 64), dtype=np.uint8)
+        pacs.upload(chest_dicom(pixels, patient_id="P", study_uid=generate_uid(), study_date=date))
+    config = RouteConfig(pacs=PacsConfig(pacs.dicomweb, credentials_file=pacs.credentials_file()),
+                         serving="127.0.0.1:1", state_dir=str(tmp_path / "state"), since=SINCE, lookback_days=14)
+    router = Router(config)
+    assert router.discover() == 1, "only the study of the last 14 days"
+    assert Router(RouteConfig(**{**config.__dict__, "lookback_days": 0})).discover() == 1  # the older one, now
+    assert router.ledger.counts()["pending"] == 2
+
+
 def test_filter_selection_and_redaction():
     rules = parse_filter(["BodyPartExamined=CHEST,THORAX", "Modality="])
     assert dict(rules)["BodyPartExamined"] == ("CHEST", "THORAX") and "Modality" not in dict(rules)
@@ -308,7 +325,7 @@ def test_results_stored_before_a_crash_are_found_not_stored_again(pacs, served, 
     stored = [results.Answer(MODEL, a.version, a.scores, a.label, a.threshold, a.decision) for a in answers]
     config = RouteConfig(pacs=PacsConfig(pacs.dicomweb, credentials_file=pacs.credentials_file()),
                          serving=f"127.0.0.1:{server.grpc_port}", model_name=MODEL, model_base_path=base,
-                         state_dir=str(tmp_path / "state"), since=SINCE, poll_s=0.2)
+                         state_dir=str(tmp_path / "state"), since=SINCE, lookback_days=0, poll_s=0.2)
     client = open_client(config.pacs)
     # the first image's SR and SC made it into the PACS, the second's SR only, then the router died
     rgb = np.zeros((512, 512, 3), np.uint8)

@@ -6,9 +6,9 @@
 The loop:
 
 1. **discover**: every `poll_s`, a QIDO-RS instance search (one per Modality of the filter, StudyDate
-   from the persisted cursor `since` on) lists candidates; those not in the ledger are added as
-   pending (SOP classes and attributes the QIDO answer already shows are filtered out and
-   recorded as skipped), while fewer than `max_pending` are pending;
+   from the persisted cursor `since` on, within the last `lookback_days`) lists candidates; those
+   not in the ledger are added as pending (SOP classes and attributes the QIDO answer already shows
+   are filtered out and recorded as skipped), while fewer than `max_pending` are pending;
 2. **dispatch**: due pending rows go to a bounded queue of `queue_size`, read by `workers` threads;
    nothing is dispatched while the serving endpoint is down;
 3. **answer** one instance: WADO-RS retrieves it as stored; its own header must pass the filter
@@ -83,6 +83,9 @@ class RouteConfig:
     # is one of its values. Checked on the QIDO answer where it has the attribute, always on the instance.
     filter: tuple[tuple[str, tuple[str, ...]], ...] = DEFAULT_FILTER
     since: str = ""  # first StudyDate (YYYYMMDD) answered; "" = the day of the first start (kept in the ledger)
+    # Each poll asks for StudyDate >= max(since, today - lookback_days), so a poll's cost does not grow with the
+    # router's age; older studies arriving now (priors, migrations) are left alone. 0 = no limit.
+    lookback_days: int = 14
     workers: int = 2  # instances answered at once
     queue_size: int = 8  # dispatched instances waiting for a worker
     max_pending: int = 1000  # pending instances in the ledger; further ones wait, unrecorded, in the PACS
@@ -100,6 +103,8 @@ class RouteConfig:
         for name in ("poll_s", "retry_backoff_s", "max_backoff_s", "outage_probe_s", "serving_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"route {name} must be > 0, got {getattr(self, name)}")
+        if self.lookback_days < 0:
+            raise ValueError(f"route lookback_days must be >= 0 (0: no limit), got {self.lookback_days}")
         for name in ("workers", "queue_size", "max_pending", "max_attempts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"route {name} must be at least 1, got {getattr(self, name)}")
@@ -339,8 +344,11 @@ class Router:
         found: dict[str, tuple[str, str, str]] = {}
         skipped = []
         fields = sorted({k for k, _ in rules} | {"SeriesInstanceUID"})
+        start = self.since
+        if self.config.lookback_days:
+            start = max(start, time.strftime("%Y%m%d", time.localtime(time.time() - 86400 * self.config.lookback_days)))
         for modality in modalities:
-            filters = {"StudyDate": f"{self.since}-", **({"Modality": modality} if modality else {})}
+            filters = {"StudyDate": f"{start}-", **({"Modality": modality} if modality else {})}
             offset = 0
             while True:
                 page = call(lambda at=offset, f=filters: self.pacs.search_for_instances(
