@@ -13,7 +13,7 @@ REGISTRY ?=
 IMAGE ?= $(if $(REGISTRY),$(REGISTRY)/)radflow:$(VERSION)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint compile sample image push-image clean kind-up kind-e2e kind-down chromium serve
+.PHONY: help setup run test lint compile sample image push-image clean kind-up kind-e2e kind-down chromium orthanc serve
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,10 @@ test: setup ## run the test suite
 
 chromium: ## install Debian's chromium for the review page's browser tests (as root; skipped if present)
 	@command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+orthanc: ## install Debian's Orthanc, its DICOMweb plugin and dcmtk for the PACS tests (as root; skipped if present)
+	@(command -v Orthanc && command -v storescu && dpkg -s orthanc-dicomweb) >/dev/null 2>&1 || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y orthanc orthanc-dicomweb dcmtk)
 
 lint: setup ## ruff
 	$(BIN)/ruff check .

@@ -130,6 +130,9 @@ def apply_cluster_settings(tasks: dict[str, PipelineTask], config: ClusterConfig
         if name == "ingest" and config.patient_key_secret:
             kubernetes.use_secret_as_env(task, secret_name=config.patient_key_secret,
                                          secret_key_to_env={PATIENT_KEY_SECRET_KEY: PATIENT_KEY_ENV})
+        if name == "ingest" and config.pacs_credentials_secret:
+            kubernetes.use_secret_as_volume(task, secret_name=config.pacs_credentials_secret,
+                                            mount_path=config.pacs_credentials_mount_path)
         if config.credentials_secret:
             kubernetes.use_secret_as_volume(task, secret_name=config.credentials_secret,
                                             mount_path=config.credentials_mount_path)

@@ -70,6 +70,10 @@ class ClusterConfig:
     # a Secret whose data key "key" is the patient-id HMAC key, given to ingest only, as the environment
     # variable ingest reads at run time (IngestConfig.patient_key_secret_env); "" = a random key per run
     patient_key_secret: str = ""
+    # a Secret with the PACS credentials of a dicomweb+http(s):// data source (username and password, e.g. of type
+    # kubernetes.io/basic-auth, or token), mounted into ingest alone; point ingest.dicomweb_credentials_file at the path
+    pacs_credentials_secret: str = ""
+    pacs_credentials_mount_path: str = "/var/secrets/pacs"
     train_workers: int = 1  # > 1: train launches a TFJob of this many MultiWorkerMirroredStrategy workers
     tfjob_namespace: str = "kubeflow"  # namespace of the TFJob (the pipeline's service account may create there)
     tfjob_service_account: str = "pipeline-runner"  # the workers' identity: KFP's, bound by Workload Identity

@@ -59,7 +59,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                            runner=args.runner, beam_args=tuple(shlex.split(args.beam_args or "")) or None,
                            patient_key_secret_file=args.patient_key_secret_file,
                            patient_id_pattern=args.patient_id_pattern,
-                           allow_image_level_splits=args.allow_image_level_splits or None)
+                           allow_image_level_splits=args.allow_image_level_splits or None,
+                           dicomweb_labels=args.labels, dicomweb_credentials_file=args.pacs_credentials,
+                           dicomweb_ca_file=args.pacs_ca_file)
     result = ingest(args.source, args.out, config)
     print(f"{result.total} inputs: {result.states}; quarantine reasons: {result.reasons or 'none'}")
     print(f"examples per split and class: {json.dumps(result.metadata.counts)}")
@@ -414,12 +416,41 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
+    from radflow.pacs.connection import PacsConfig
     from radflow.serving.review.app import serve_review
     from radflow.serving.review.config import ReviewConfig
 
     base = args.model_base_path or os.path.join("models", args.model)
+    pacs = PacsConfig(args.pacs, credentials_file=args.pacs_credentials or "",
+                      ca_file=args.pacs_ca_file or "") if args.pacs else None
     serve_review(ReviewConfig(server=args.server, model_base_path=base, model_name=args.model, port=args.port,
-                              save_uploads=args.save_uploads, timeout_s=args.timeout))
+                              save_uploads=args.save_uploads, timeout_s=args.timeout, pacs=pacs))
+    return 0
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    from radflow.pacs.connection import PacsConfig
+    from radflow.pacs.router import RouteConfig, describe, existing_ledger, parse_filter, parse_seconds, route
+
+    if args.status:
+        print("\n".join(describe(args.state)))
+        return 0
+    if args.retry_failed:
+        print(f"{existing_ledger(args.state).requeue_failed()} failed instances are pending again")
+        return 0
+    if not (args.pacs and args.serving):
+        print("radflow route: error: --pacs and --serving are required", file=sys.stderr)
+        return 2
+    pacs = PacsConfig(args.pacs, credentials_file=args.pacs_credentials or "", ca_file=args.pacs_ca_file or "")
+    router = route(RouteConfig(
+        pacs=pacs, serving=args.serving, model_name=args.model, model_base_path=args.model_base_path or "",
+        state_dir=args.state, poll_s=parse_seconds(args.poll), filter=parse_filter(args.filter), since=args.since or "",
+        lookback_days=args.lookback_days,
+        workers=args.workers, queue_size=args.queue_size, max_pending=args.max_pending,
+        max_attempts=args.max_attempts, retry_backoff_s=parse_seconds(args.retry_backoff),
+        serving_ca_cert=args.serving_ca_cert or "", **({"disclaimer": args.disclaimer} if args.disclaimer else {})),
+        once=args.once)
+    print(f"answered {router.stats.answered}; ledger {router.ledger.counts()}")
     return 0
 
 
@@ -494,6 +525,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="go on when most files have no patient id (each is then its own patient; recorded as a "
                         "limitation)")
     p.add_argument("--beam-args", metavar="'--opt=v ...'", help="Beam pipeline options, passed through (use =)")
+    p.add_argument("--labels", metavar="CSV", help="for a dicomweb+http(s):// SOURCE: label per StudyInstanceUID or "
+                   "AccessionNumber (columns label and either; optional split); see docs/pacs.md")
+    p.add_argument("--pacs-credentials", metavar="PATH", help="PACS credentials: a mounted Kubernetes Secret folder "
+                   "(username+password, or token) or a file of 'key: value' lines; never in the URL")
+    p.add_argument("--pacs-ca-file", metavar="PEM", help="CA of the PACS's https certificate (default: system CAs)")
 
     p = with_config(add("validate", cmd_validate, "TFDV statistics, schema, drift and skew per split",
                         "Profiles every split with TFDV, validates it against the curated schema\n"
@@ -725,6 +761,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8502, help="the page's port on 127.0.0.1 (default 8502)")
     p.add_argument("--save-uploads", metavar="DIR", help="keep every uploaded file in DIR (default: keep nothing)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per call to the model server (default 10)")
+    p.add_argument("--pacs", metavar="URL", help="open studies from this PACS's DICOMweb root by StudyInstanceUID")
+    p.add_argument("--pacs-credentials", metavar="PATH", help="PACS credentials (see radflow route --help)")
+    p.add_argument("--pacs-ca-file", metavar="PEM", help="CA of the PACS's https certificate")
+
+    p = add("route", cmd_route, "answer new PACS images through the served model, stored back as DICOM SR + SC",
+            "Polls the PACS (QIDO-RS) for new images the filter selects, sends each to the model server\n"
+            "(TF Serving gRPC), and stores into the same study a Structured Report (model, version,\n"
+            "scores, threshold, decision) and a Grad-CAM Secondary Capture, both created with highdicom\n"
+            "and sent with STOW-RS. A persisted ledger answers each image once, across restarts; failed\n"
+            "images are retried, then listed by --status. Not for clinical use. See docs/pacs.md.\n\n"
+            "example: radflow route --pacs http://orthanc:8042/dicom-web --serving localhost:8500 --poll 10s \\\n"
+            "             --model_base_path models/radflow --pacs-credentials /var/secrets/pacs")
+    p.add_argument("--pacs", metavar="URL", help="the PACS's DICOMweb root, http(s)://HOST:PORT/PATH")
+    p.add_argument("--serving", metavar="HOST:PORT", help="the model server's gRPC port")
+    p.add_argument("--model", default="radflow", help="model name (default radflow)")
+    p.add_argument("--model_base_path", help="the model's versions folder, for Grad-CAM (default: no SC)")
+    p.add_argument("--state", default="route-state", help="folder of the ledger (default route-state)")
+    p.add_argument("--poll", default="10s", help="seconds between polls: 10, 10s, 2m (default 10s)")
+    p.add_argument("--filter", action="append", default=[], metavar="KEY=V1,V2", help="which images: "
+                   "SOPClassUID (CR, DX), Modality=CR,DX and BodyPartExamined=CHEST by default; KEY= drops one")
+    p.add_argument("--since", metavar="YYYYMMDD", help="first StudyDate answered (default: the first start's day)")
+    p.add_argument("--lookback-days", type=int, default=14, help="answer StudyDates of the last N days only, so "
+                   "polls stay cheap (default 14; 0: no limit)")
+    p.add_argument("--workers", type=int, default=2, help="images answered at once (default 2)")
+    p.add_argument("--queue-size", type=int, default=8, help="images dispatched to the workers at most (default 8)")
+    p.add_argument("--max-pending", type=int, default=1000, help="pending images in the ledger at most; more wait "
+                   "in the PACS and are found by a later poll (default 1000)")
+    p.add_argument("--max-attempts", type=int, default=5, help="tries before an image is recorded as failed")
+    p.add_argument("--retry-backoff", default="30s", help="wait after a failed try, doubled each time (default 30s)")
+    p.add_argument("--pacs-credentials", metavar="PATH", help="a mounted Kubernetes Secret folder (username+"
+                   "password, or token) or a file of 'key: value' lines")
+    p.add_argument("--pacs-ca-file", metavar="PEM", help="CA of the PACS's https certificate")
+    p.add_argument("--serving-ca-cert", metavar="PEM", help="speak TLS to the model server, trusting this CA")
+    p.add_argument("--disclaimer", help="stated in every SR and burned into every SC (default: 'NOT FOR CLINICAL "
+                   "USE - research output of radflow, not a diagnosis')")
+    p.add_argument("--once", action="store_true", help="stop when nothing is left to try now")
+    p.add_argument("--status", action="store_true", help="print the ledger's counts and failed images, and exit")
+    p.add_argument("--retry-failed", action="store_true", help="make failed images pending again, and exit")
     return parser
 
 

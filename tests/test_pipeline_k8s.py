@@ -348,3 +348,12 @@ def test_the_patient_key_secret_reaches_ingest_alone(tmp_path):
         assert "secretAsEnv" not in k8s.get(executor, {}), executor
     _, default = _compile(tmp_path)
     assert "secretAsEnv" not in default["exec-ingest"]
+
+
+def test_the_pacs_credentials_secret_is_mounted_into_ingest_alone(tmp_path):
+    _, k8s = _compile(tmp_path, ClusterConfig(pacs_credentials_secret="pacs-basic-auth"))
+    assert k8s["exec-ingest"]["secretAsVolume"] == [{
+        "secretName": "pacs-basic-auth", "mountPath": "/var/secrets/pacs", "optional": False,
+        "secretNameParameter": {"runtimeValue": {"constant": "pacs-basic-auth"}}}]
+    for executor in EXECUTORS - {"exec-ingest"}:
+        assert "secretAsVolume" not in k8s.get(executor, {}), executor

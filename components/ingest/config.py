@@ -61,6 +61,16 @@ class IngestConfig:
     patient_key_secret_env: str = "RADFLOW_PATIENT_KEY_SECRET"  # environment variable holding the secret
     patient_key_secret: str = ""  # the secret itself; for tests only
     require_patient_key_secret: bool = False  # True: refuse to run without a configured secret
+    # A DICOMweb source (dicomweb+http(s)://HOST:PORT/PATH?QIDO filters; components/ingest/dicomweb.py):
+    dicomweb_labels: str = ""  # labels.csv (local or gs://): label per StudyInstanceUID or AccessionNumber
+    # PACS credentials: a mounted Kubernetes Secret folder (username + password, or token) or a file of
+    # `key: value` lines with those keys (radflow.pacs.connection.read_credentials); "" = none
+    dicomweb_credentials_file: str = ""
+    dicomweb_ca_file: str = ""  # PEM of the CA of the PACS's https certificate; "" = the system's CAs
+    dicomweb_max_concurrent: int = 4  # WADO-RS retrievals in flight at once, per worker process
+    dicomweb_retries: int = 3  # tries after the first, per request, when the PACS is away or answers 408/429/5xx
+    dicomweb_backoff_s: float = 1.0  # wait before the first retry, doubled before each next one
+    dicomweb_timeout_s: float = 60.0  # per HTTP request
     runner: str = "DirectRunner"  # or DataflowRunner, FlinkRunner, SparkRunner
     beam_args: tuple[str, ...] = ()  # extra Beam pipeline options, e.g. ("--project=p", "--region=r")
     # DirectRunner mode. Threads, not processes: TensorFlow's decode and resize release the GIL, so
@@ -89,6 +99,13 @@ class IngestConfig:
                 self.val_fraction + self.test_fraction >= 1:
             raise ValueError(f"val_fraction {self.val_fraction} and test_fraction {self.test_fraction} must be in "
                              "[0, 1) and leave some patients for train")
+        if self.dicomweb_max_concurrent < 1:
+            raise ValueError(f"dicomweb_max_concurrent must be at least 1, got {self.dicomweb_max_concurrent}")
+        if self.dicomweb_retries < 0:
+            raise ValueError(f"dicomweb_retries must be >= 0, got {self.dicomweb_retries}")
+        if self.dicomweb_backoff_s < 0 or self.dicomweb_timeout_s <= 0:
+            raise ValueError(f"dicomweb_backoff_s ({self.dicomweb_backoff_s}) must be >= 0 and dicomweb_timeout_s "
+                             f"({self.dicomweb_timeout_s}) > 0")
         bad = [name for name in self.labels if name.lower() in SPLIT_FOLDER_NAMES]
         if bad:
             raise ValueError(f"labels {bad} are split names ({', '.join(sorted(SPLIT_FOLDER_NAMES))}); a class "

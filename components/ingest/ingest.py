@@ -1,6 +1,7 @@
 """ingest: labelled images (JPEG, PNG 8/16-bit, DICOM) -> standardised TFRecord examples, split by patient.
 
-Sources: a local folder, a gs:// prefix, or a CSV manifest (`path,label[,patient_id][,split]`).
+Sources: a local folder, a gs:// prefix, a CSV manifest (`path,label[,patient_id][,split]`), or a PACS
+over DICOMweb (`dicomweb+http(s)://...?QIDO filters` with a labels file; components/ingest/dicomweb.py).
 Folder layouts: Kaggle's `{train,val,test}/<class>/...` and class-per-folder `<class>/...`, any
 number of classes. Runs as an Apache Beam pipeline (DirectRunner on all cores by default; Dataflow,
 Flink or Spark through `runner` and `beam_args`). Every input ends in exactly one state, recorded
@@ -39,7 +40,9 @@ from PIL import Image, UnidentifiedImageError
 
 from radflow import beam_runner, dicom, fileio
 from radflow import examples as ex
+from radflow.components.ingest import dicomweb
 from radflow.components.ingest.config import PATIENT_ID_PRESETS, SPLIT_FOLDER_NAMES, IngestConfig
+from radflow.pacs.connection import PacsHTTPError, PacsUnavailable
 from radflow.preprocessing import center_crop, decode_image_and_depth, standardize
 
 log = logging.getLogger(__name__)
@@ -257,7 +260,9 @@ def list_sources(source: str, config: IngestConfig) -> Listing:
         ValueError: a manifest lacks the path or label column or names an unknown split.
     """
     pattern = config.patient_id_regex
-    if source.lower().endswith(".csv"):
+    if dicomweb.is_source(source):
+        files, layout = dicomweb.list_files(source, config), dicomweb.LAYOUT
+    elif source.lower().endswith(".csv"):
         files, layout = _list_manifest(source, pattern), MANIFEST
     else:
         paths = _list_remote(source) if fileio.is_remote(source) else _list_local(source)
@@ -307,6 +312,8 @@ def _layout(source: str, within: list[str]) -> str:
 
 def _may_be_dicom(path: str) -> bool:
     """Whether a file could hold a DICOM PatientID: a DICOM extension, or none and the DICM magic."""
+    if dicomweb.is_source(path):  # a PACS instance
+        return True
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in _DICOM_SUFFIXES:
         return False
@@ -446,7 +453,7 @@ def _tf_error(err: tf.errors.OpError) -> str:
 
 def decode_file(
     source: SourceFile, labels: tuple[str, ...], size: int, channels: int, key: str = "", *,
-    resize_policy: str = "pad", min_side: int = 1,
+    resize_policy: str = "pad", min_side: int = 1, read=_read_bytes,
 ) -> _Decoded:
     """Reads, decodes and standardises one file; never raises for a bad file.
 
@@ -463,17 +470,26 @@ def decode_file(
         key: the patient-key secret.
         resize_policy: "pad" or "crop".
         min_side: smaller images are quarantined as too small.
+        read: path -> bytes; `_DecodeFn` adds DICOMweb addresses (dicomweb.InstanceReader).
 
     Returns:
         The example, or the quarantine reason.
+
+    Raises:
+        PacsUnavailable: a PACS that stopped answering; the run fails rather than quarantine what remains.
     """
     def quarantine(reason: str, **kw) -> _Decoded:
         return _Decoded(source, reason=reason, **kw)
 
     if source.label not in labels:
-        return quarantine(f"{UNKNOWN_CLASS} {source.label!r}" if source.label else f"{UNKNOWN_CLASS}: no class folder")
+        where = dicomweb.NO_LABEL if dicomweb.is_source(source.path) else "no class folder"
+        return quarantine(f"{UNKNOWN_CLASS} {source.label!r}" if source.label else f"{UNKNOWN_CLASS}: {where}")
     try:
-        data = _read_bytes(source.path)
+        data = read(source.path)
+    except PacsUnavailable:
+        raise
+    except PacsHTTPError as err:
+        return quarantine(f"{UNREADABLE}: HTTP {err.status} ({err})")
     except Exception as err:  # noqa: BLE001 - local and object-store errors differ
         return quarantine(f"{UNREADABLE}: {type(err).__name__}")
     sha = hashlib.sha256(data).hexdigest()
@@ -531,6 +547,8 @@ class _DecodeFn(beam.DoFn):
         self._ok = beam.metrics.Metrics.counter("ingest", "decoded")
         self._bad = beam.metrics.Metrics.counter("ingest", "quarantined")
         c = self._config
+        pacs = dicomweb.InstanceReader(c)
+        self._read = lambda path: pacs(path) if dicomweb.is_source(path) else _read_bytes(path)
         # Worker threads share TensorFlow's pools, which TF sizes to the cores (pinning them to one
         # thread serialised the threads' decode graphs: 5% slower). Worker processes each get
         # their own pools, so there one TF thread per process avoids oversubscribing the cores.
@@ -544,7 +562,7 @@ class _DecodeFn(beam.DoFn):
     def process(self, source: SourceFile):
         c = self._config
         decoded = decode_file(source, self._labels, c.image_size, c.channels, self._key,
-                              resize_policy=c.resize_policy, min_side=c.min_side)
+                              resize_policy=c.resize_policy, min_side=c.min_side, read=self._read)
         (self._bad if decoded.reason else self._ok).inc()
         self._n += 1
         if self._n % c.progress_every == 0:

@@ -10,6 +10,11 @@ compared with the server's, so a heat map that would explain a different model i
     radflow review --server localhost:8500 --model_base_path models/radflow
     # then open http://127.0.0.1:8502
 
+With `--pacs URL` the page also opens a study from the PACS by StudyInstanceUID (QIDO-RS, then
+WADO-RS of each image, as stored): each image gets the same prediction and Grad-CAM as an upload,
+and the page says whether `radflow route` has already stored its SR and Secondary Capture there
+(their UIDs follow from the image and the model name; radflow.pacs.results).
+
 Uploads stay in memory: the body is read as one buffer (never spooled to a temporary file),
 responses carry `Cache-Control: no-store`, and nothing is written unless `save_uploads` names a
 folder. The page binds loopback only and answers only requests addressed to 127.0.0.1/localhost.
@@ -46,6 +51,15 @@ from radflow.admission import AdmissionRules, Refused, admit
 from radflow.components.push.layout import LINEAGE_DIR, read_lineage, version_path
 from radflow.components.train.train import KERAS_MODEL_FILE, LABELS_ASSET
 from radflow.explain import grad_cam, overlay
+from radflow.pacs import results as pacs_results
+from radflow.pacs.connection import (
+    PacsHTTPError,
+    PacsTLSError,
+    PacsUnavailable,
+    call,
+    open_client,
+    retrieve_as_stored,
+)
 from radflow.preprocessing import decode_image, preprocess_encoded, standardize
 from radflow.serving.client import ClientPrediction, ServingClient
 from radflow.serving.review.config import ReviewConfig
@@ -55,6 +69,9 @@ log = logging.getLogger(__name__)
 HOST = "127.0.0.1"  # never the network: the page has no authentication and handles patient images
 TRUSTED_HOSTS = ("127.0.0.1", "localhost")  # Host headers answered; others (DNS rebinding) get 400
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")  # a DICOM UID: digits and dots, at most 64 characters
+_SR_CLASSES = "1.2.840.10008.5.1.4.1.1.88."  # every Structured Report SOP class starts so: not an image
+_TAGS = {"sop": "00080018", "series": "0020000E", "sop_class": "00080016", "number": "00200013"}
 STATIC_FILES = {"index.html": "text/html", "review.js": "text/javascript", "review.css": "text/css"}
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; frame-ancestors 'none'",
@@ -167,6 +184,7 @@ class Reviewer:
         self._channel = grpc.insecure_channel(config.server)
         self._models_stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self.models = ExplainModels(config.model_base_path)
+        self.pacs = open_client(config.pacs) if config.pacs else None
 
     def close(self) -> None:
         self.client.close()
@@ -244,6 +262,70 @@ class Reviewer:
         log.info("review: %s upload scored by version %s: %s", kind, prediction.version, prediction.decision)
         return result
 
+    def _pacs_call(self, fn, what: str):
+        try:
+            return call(fn, what, self.config.pacs)
+        except PacsUnavailable as err:
+            raise ReviewError(503, str(err)) from err
+        except PacsTLSError as err:
+            raise ReviewError(502, str(err)) from err
+        except PacsHTTPError as err:
+            raise ReviewError(404 if err.status == 404 else 502, str(err)) from err
+
+    def open_study(self, study_uid: str) -> dict:
+        """Every image of a PACS study, reviewed as an upload would be, with what route stored for it.
+
+        Args:
+            study_uid: the StudyInstanceUID.
+
+        Returns:
+            {"study_uid", "pacs", "images": [review results in InstanceNumber order, each with sop_instance_uid
+            and "stored"],
+            "not_reviewed": instances left out (reports, the router's results, images over max_study_images)}.
+
+        Raises:
+            ReviewError: 400 without a PACS or for a malformed UID, 404 for a study the PACS does not have,
+                502/503 when the PACS or the model server fails or is unreachable.
+        """
+        if self.pacs is None:
+            raise ReviewError(400, "this page was started without a PACS (radflow review --pacs URL)")
+        if not (_UID.match(study_uid) and len(study_uid) <= 64):
+            raise ReviewError(400, f"{study_uid[:80]!r} is not a StudyInstanceUID (digits and dots, at most 64)")
+        found = self._pacs_call(lambda: self.pacs.search_for_instances(
+            study_instance_uid=study_uid, fields=["SOPClassUID", "SeriesInstanceUID", "InstanceNumber"]),
+            f"the instances of {study_uid}")
+        if not found:
+            raise ReviewError(404, f"PACS {self.config.pacs.host} has no study {study_uid}")
+        uids = {_value(item, _TAGS["sop"]) for item in found}
+        model = self.config.model_name
+        ours = self._result_uids(uids)
+        images = [item for item in found if not _value(item, _TAGS["sop_class"]).startswith(_SR_CLASSES)
+                  and _value(item, _TAGS["sop"]) not in ours]
+        images.sort(key=lambda item: (_number(_value(item, _TAGS["number"])), _value(item, _TAGS["sop"])))
+        reviewed = []
+        for item in images[:self.config.max_study_images]:
+            sop, series = _value(item, _TAGS["sop"]), _value(item, _TAGS["series"])
+            url = f"{self.config.pacs.url}/studies/{study_uid}/series/{series}/instances/{sop}"
+            data = self._pacs_call(lambda u=url: retrieve_as_stored(self.pacs, u), f"WADO-RS of {sop}")[0]
+            result = self.review(data)
+            sr_uid, sc_uid = (pacs_results.result_uid(model, sop, kind) for kind in (pacs_results.SR, pacs_results.SC))
+            stored = {"sr": sr_uid in uids, "sc": sc_uid in uids, "sr_uid": sr_uid, "sc_uid": sc_uid}
+            if stored["sr"]:
+                sr_url = (f"{self.config.pacs.url}/studies/{study_uid}/series/"
+                          f"{pacs_results.result_series_uid(model, study_uid, pacs_results.SR)}/instances/{sr_uid}")
+                report = pacs_results.read_sr(self._pacs_call(lambda u=sr_url: retrieve_as_stored(self.pacs, u),
+                                                              f"WADO-RS of the stored SR {sr_uid}")[0])
+                stored.update(version=report.version, decision=report.decision)
+            reviewed.append({**result, "sop_instance_uid": sop, "stored": stored})
+        log.info("review: study %s from PACS %s: %d images reviewed", study_uid, self.config.pacs.host, len(reviewed))
+        return {"study_uid": study_uid, "pacs": self.config.pacs.host, "images": reviewed,
+                "not_reviewed": len(found) - len(reviewed)}
+
+    def _result_uids(self, uids: set[str]) -> set[str]:
+        """The UIDs this model's results of these instances have (or would have)."""
+        model = self.config.model_name
+        return {pacs_results.result_uid(model, u, kind) for u in uids for kind in (pacs_results.SR, pacs_results.SC)}
+
     def _explain(self, image_bytes: bytes, prediction: ClientPrediction, result: dict) -> None:
         """Adds the Grad-CAM heat map of the decided class, or a note saying why there is none."""
         version = prediction.version
@@ -280,12 +362,26 @@ class Reviewer:
         return path
 
 
+def _value(item: dict, tag: str) -> str:
+    """The first value of a DICOM JSON attribute, "" when absent."""
+    return str((item.get(tag, {}).get("Value") or [""])[0])
+
+
+def _number(text: str) -> float:
+    """An InstanceNumber for ordering; one without a number goes last."""
+    try:
+        return float(text)
+    except ValueError:
+        return float("inf")
+
+
 def _image_extension(data: bytes) -> str:
     return ".png" if data.startswith(b"\x89PNG") else ".jpg" if data.startswith(b"\xff\xd8") else ".img"
 
 
 class ReviewApp:
-    """The WSGI application: the static page, GET /api/status and POST /api/review (body: the file's bytes).
+    """The WSGI application: the static page, GET /api/status, POST /api/review (body: the file's bytes) and
+    GET /api/pacs/studies/<StudyInstanceUID>.
 
     Args:
         reviewer: does the work; the app only maps HTTP to it.
@@ -301,6 +397,7 @@ class ReviewApp:
             Rule("/static/<name>", endpoint="static", methods=["GET"]),
             Rule("/api/status", endpoint="status", methods=["GET"]),
             Rule("/api/review", endpoint="review", methods=["POST"]),
+            Rule("/api/pacs/studies/<study_uid>", endpoint="study", methods=["GET"]),
         ])
 
     def __call__(self, environ, start_response):
@@ -333,11 +430,16 @@ class ReviewApp:
         return Response(body, mimetype=mimetype)
 
     def _status(self, request: Request) -> Response:
-        return _json(self.reviewer.status())
+        pacs = self.reviewer.config.pacs
+        return _json({**self.reviewer.status(), "pacs": pacs.host if pacs else None})
 
     def _review(self, request: Request) -> Response:
         # get_data reads the body into memory; a multipart form would be spooled to a temporary file.
         return _json(self.reviewer.review(request.get_data(cache=False)))
+
+
+    def _study(self, request: Request, study_uid: str) -> Response:
+        return _json(self.reviewer.open_study(study_uid))
 
 
 def _json(body: dict, status: int = 200) -> Response:

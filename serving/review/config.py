@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from radflow.pacs.connection import PacsConfig
+
 
 @dataclass(frozen=True)
 class ReviewConfig:
@@ -19,3 +21,5 @@ class ReviewConfig:
     max_pixels: int = 40_000_000
     display_size: int = 512  # longest side of the image shown on the page, in pixels
     keras_tolerance: float = 0.01  # largest score difference between model.keras and the server before a warning
+    pacs: PacsConfig | None = None  # a PACS to open studies from by StudyInstanceUID; None: uploads only
+    max_study_images: int = 8  # images of one study reviewed at most (each is scored and explained)

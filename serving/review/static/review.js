@@ -29,6 +29,10 @@ async function loadStatus() {
     if (!reply.ok) throw new Error(body.error || reply.statusText);
     const version = body.serving_version === null ? "no version available yet" : `version ${body.serving_version}`;
     $("status").textContent = `model ${body.model}, ${version}, on ${body.server}`;
+    if (body.pacs) {
+      $("pacs-host").textContent = body.pacs;
+      show("pacs-form", true);
+    }
     $("status").classList.remove("down");
     $("drop-what").textContent = dropWording(body.modality, body.labels);
   } catch (err) {
@@ -110,6 +114,7 @@ async function render(result, fileName) {
   $("model").textContent = result.model;
   $("version").textContent = String(result.version);
   $("server").textContent = result.server;
+  $("stored").textContent = storedText(result.stored);
   $("timings").textContent = `prediction ${result.timings_ms.predict} ms, Grad-CAM ${result.timings_ms.gradcam} ms`;
   const notes = $("notes");
   notes.replaceChildren(...result.notes.map((text) => {
@@ -122,9 +127,65 @@ async function render(result, fileName) {
   $("result").dataset.ready = "true";
 }
 
+function storedText(stored) {
+  if (!stored) return "uploaded here, not from the PACS";
+  if (!stored.sr) return "no result stored back yet (radflow route has not answered this image)";
+  const parts = stored.sc ? "SR and Grad-CAM Secondary Capture" : "SR only (no Secondary Capture)";
+  return `${parts} stored back by version ${stored.version}: ${stored.decision}`;
+}
+
+function showImage(study, index) {
+  const image = study.images[index];
+  for (const button of $("study-images").querySelectorAll("button")) {
+    button.setAttribute("aria-pressed", String(Number(button.dataset.index) === index));
+  }
+  return render(image, `study ${study.study_uid}, image ${image.sop_instance_uid}`);
+}
+
+async function openStudy(uid) {
+  show("error", false);
+  show("result", false);
+  show("study-images", false);
+  delete $("result").dataset.ready;
+  $("busy-name").textContent = `study ${uid}`;
+  show("busy", true);
+  let reply, body;
+  try {
+    reply = await fetch(`/api/pacs/studies/${encodeURIComponent(uid)}`);
+    body = await reply.json();
+  } catch (err) {
+    showError(`the review page's own server did not answer (${err.message}); is radflow review still running?`);
+    return;
+  }
+  if (!reply.ok) {
+    showError(`study ${uid}: ${body.error}`);
+    return;
+  }
+  if (!body.images.length) {
+    showError(`study ${uid} holds no image to review (${body.not_reviewed} other instances)`);
+    return;
+  }
+  const nav = $("study-images");
+  nav.replaceChildren(...body.images.map((image, index) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.index = String(index);
+    button.textContent = `image ${index + 1}: ${image.decision}${image.stored.sr ? " (stored)" : ""}`;
+    button.addEventListener("click", () => showImage(body, index).catch((err) => showError(err.message)));
+    return button;
+  }));
+  show("study-images", true);
+  try {
+    await showImage(body, 0);
+  } catch (err) {
+    showError(err.message);
+  }
+}
+
 async function review(file) {
   show("error", false);
   show("result", false);
+  show("study-images", false);
   delete $("result").dataset.ready;
   $("busy-name").textContent = file.name;
   show("busy", true);
@@ -172,6 +233,10 @@ function setUp() {
     if (event.dataTransfer.files.length) review(event.dataTransfer.files[0]);
   });
   $("opacity").addEventListener("input", setOpacity);
+  $("pacs-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    openStudy($("study-uid").value.trim());
+  });
   loadStatus();
 }
 
