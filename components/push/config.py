@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from radflow.config_types import NonNegative, NonNegativeFloat, Positive, PositiveFloat
+
 
 @dataclass(frozen=True)
 class PushConfig:
     model_name: str = "radflow"  # the directory under serving_root, and the name clients ask TF Serving for
-    keep_versions: int = 5  # versions kept after a push, newest first (the served one always); 0 keeps all
-    max_latency_ms: float = 2000.0  # infra validation: p95 latency of one-image canary requests must stay below
-    latency_requests: int = 10  # infra validation: timed one-image requests, after one warm-up
-    score_tolerance: float = 1e-4  # infra validation: largest allowed difference from the scores evaluate saw
-    infra_timeout_s: int = 300  # infra validation: the loading-and-serving subprocess is killed after this
+    keep_versions: NonNegative = 5  # versions kept after a push, newest first (the served one always); 0 keeps all
+    max_latency_ms: PositiveFloat = 2000.0  # infra validation: p95 latency of one-image canary requests must stay below
+    latency_requests: Positive = 10  # infra validation: timed one-image requests, after one warm-up
+    score_tolerance: NonNegativeFloat = 1e-4  # infra validation: largest allowed difference from evaluate's scores
+    infra_timeout_s: Positive = 300  # infra validation: the loading-and-serving subprocess is killed after this
