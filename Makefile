@@ -13,7 +13,7 @@ REGISTRY ?=
 IMAGE ?= $(if $(REGISTRY),$(REGISTRY)/)radflow:$(VERSION)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint compile sample image push-image clean kind-up kind-e2e kind-down chromium serve
+.PHONY: help setup run test lint docs compile sample image push-image clean kind-up kind-e2e kind-down chromium serve
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ chromium: ## install Debian's chromium for the review page's browser tests (as r
 
 lint: setup ## ruff
 	$(BIN)/ruff check .
+
+docs: setup ## regenerate docs/configuration.md from the config dataclasses
+	$(BIN)/radflow config reference > docs/configuration.md
 
 compile: setup ## compile the pipeline to radflow.yaml
 	$(BIN)/radflow compile --out radflow.yaml $(if $(CONFIG),--config "$(CONFIG)")

@@ -50,9 +50,9 @@ class ClusterConfig:
     # Serving holds there (infra/serving/overlays/gpu: its HPA's maxReplicas x 1 GPU; 0 = serving on CPU). The
     # capacity check (pipeline/capacity.py, `radflow capacity`) compares the parallel demand with them;
     # gpu_pool_nodes 0 = not checked.
-    gpu_pool_nodes: NonNegative = 6
-    gpus_per_node: NonNegative = 1
-    serving_gpus: NonNegative = 0
+    gpu_pool_nodes: NonNegative = 6  # nodes of the GPU pool at its largest
+    gpus_per_node: NonNegative = 1  # GPUs on each of those nodes
+    serving_gpus: NonNegative = 0  # GPUs GPU serving may hold in that pool at its largest
     cpu: str = "1"  # CPU request of every step but train
     memory: str = "4G"  # memory request (and limit) of every step but train
     train_cpu: str = "4"  # CPU request of train (of each TFJob worker with train_workers > 1)

@@ -98,6 +98,27 @@ def cmd_schema_freeze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.config_command == "reference":
+        from radflow.pipeline.reference import reference
+
+        sys.stdout.write(reference())
+        return 0
+    from radflow.pipeline.config import ConfigError, load_config
+
+    failed = 0
+    for path in args.files:
+        try:
+            load_config(path)
+        except (ConfigError, FileNotFoundError) as err:
+            failed += 1
+            for line in getattr(err, "problems", [str(err)]):
+                print(f"radflow config: error: {line}", file=sys.stderr)
+            continue
+        print(f"{path}: ok")
+    return 1 if failed else 0
+
+
 def cmd_class_balance(args: argparse.Namespace) -> int:
     from radflow.components.class_balance.class_balance import class_balance
 
@@ -422,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--config", metavar="FILE", help="YAML config; its sections override the defaults "
-                       "(see pipeline/config.py and configs/)")
+                       "(see docs/configuration.md and configs/)")
         return p
 
     p = add("synth", cmd_synth, "write a synthetic chest X-ray set in Kaggle's layout",
@@ -505,6 +526,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", help="a validate output, or a pipeline run directory")
     p.add_argument("--name", default="chest_xray", help="curated schema name (default chest_xray)")
     p.add_argument("--dir", default=None, help="curated schema folder (default: the repository's pipeline/schema)")
+
+    p = add("config", cmd_config, "check config files, or print the configuration reference",
+            "check FILE...: loads each file as `radflow run --config` would and names every problem by\n"
+            "line, column and option. reference: the Markdown page docs/configuration.md, generated\n"
+            "from the config dataclasses (every option with its type, bounds, default and meaning).\n\n"
+            "example: radflow config check configs/*.yaml\n"
+            "         radflow config reference > docs/configuration.md")
+    config_sub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    config_sub.add_parser("check", help="check config files").add_argument("files", metavar="FILE", nargs="+")
+    config_sub.add_parser("reference", help="print docs/configuration.md")
 
     p = with_config(add("class-balance", cmd_class_balance, "class counts, weights, initial bias, strategy",
                         "Counts per class and split, the imbalance ratio, class weights n/(K*n_c), the initial\n"
@@ -705,7 +736,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as err:
         log.debug("failed", exc_info=True)
-        print(f"radflow {args.command}: error: {err}", file=sys.stderr)
+        for line in getattr(err, "problems", [str(err)]):  # a ConfigError: one line per problem
+            print(f"radflow {args.command}: error: {line}", file=sys.stderr)
         return 1
 
 
