@@ -16,6 +16,7 @@ ModelName = Literal["baseline_cnn", "mobilenet_v2", "efficientnet_b0", "resnet50
 BACKBONE_NAMES = get_args(ModelName)[1:]
 LrSchedule = Literal["constant", "exponential", "cosine"]
 LR_SCHEDULES = get_args(LrSchedule)
+BACKUP_DIR = "backup"  # OUT/backup: the default fault-tolerance state, removed once the stage has finished
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+import radflow.pipeline
 from radflow.config_types import Fraction, NonNegative
+
+# Curated schemas live in the repository and are installed with radflow.pipeline.
+CURATED_DIR = os.path.join(os.path.dirname(radflow.pipeline.__file__), "schema")
+SHIPPED_SCHEMAS = ("chest_xray",)  # curated schemas radflow ships; `radflow schema freeze` never replaces them
+
+RESULT_FILE = "validation.json"  # written last by validate: a schema beside it belongs to a finished run
+# What to do when a curated schema was frozen for other labels; `radflow run` repeats it as its last line.
+INFER_SCHEMA_ADVICE = ("rerun with --schema infer to infer a schema from train (in a config: validate.schema_name: "
+                       "''), then keep it with `radflow schema freeze RUN --name NAME`; or name a schema frozen "
+                       "for this dataset")
 
 BLOCK, WARN = "block", "warn"
 Action = Literal["block", "warn"]
