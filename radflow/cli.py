@@ -309,6 +309,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         validate = dataclasses.replace(config.validate, **_schema_fields(args.schema))
         config = dataclasses.replace(config, ingest=ingest, validate=validate)
     problem = _check_data(config.data, given=bool(args.data or args.resume) or config.data != PipelineConfig().data)
+    weights = config.train.weights
+    if not problem and weights.lower() != "none" and "://" not in weights and not os.path.isfile(weights):
+        problem = (f"train.weights: {weights}: no such file (radflow never downloads weights; "
+                   "configs/transfer_learning.yaml says how to make a no-top weights file once)")
     if problem:
         print(f"radflow run: error: {problem}", file=sys.stderr)
         return 2
