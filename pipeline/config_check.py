@@ -13,13 +13,11 @@ A new field is checked as soon as it is declared; nothing here lists fields.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import json
 import typing
 from typing import Any, TypeVar
 
-import pydantic
 import yaml
 
 T = TypeVar("T")
@@ -54,7 +52,9 @@ class ConfigError(ValueError):
 
 
 @functools.cache
-def _adapter(cls: type) -> pydantic.TypeAdapter:
+def _adapter(cls: type):
+    import pydantic  # here, not at import: `radflow --help` and compiling need no validator
+
     return pydantic.TypeAdapter(cls)
 
 
@@ -74,6 +74,8 @@ def check(cls: type[T], values: dict[str, Any], prefix: Path = (), marks: Marks 
     Raises:
         ConfigError: every unknown key, wrong type, value out of bounds or refused value at once.
     """
+    import pydantic
+
     marks = marks or {}
     problems = _unknown_keys(cls, values, prefix, marks, _all_fields(cls, prefix))
     try:
@@ -120,6 +122,8 @@ def _all_fields(cls: type, prefix: Path = ()) -> dict[str, list[str]]:
 
 def _unknown_keys(cls: type, values: Any, prefix: Path, marks: Marks, everywhere: dict[str, list[str]]) -> list[str]:
     """A line for every key that is not a field, with the field it probably meant (`everywhere`: `_all_fields`)."""
+    import difflib
+
     if not isinstance(values, dict):
         return []  # pydantic names the wrong type
     hints = typing.get_type_hints(cls)
