@@ -4,7 +4,7 @@ Each task runs as a subprocess of this Python environment, exactly the component
 cluster runs in the image. Outputs land under `<pipeline_root>/radflow-<timestamp>/<task>/`;
 what each task printed, in `.../logs/<task>.log` (with kfp.local's own messages in kfp.log and
 the run's config in config.yaml). The terminal shows one line per stage (pipeline/progress.py);
-`verbose` streams every task's output instead, as kfp.local does.
+`verbose` streams all of it as well, as kfp.local does (without colour off a terminal).
 
     radflow run --local --data data/sample --serving-root models
 """
@@ -26,7 +26,7 @@ from radflow.components.train.config import BACKUP_DIR
 from radflow.components.validate.config import INFER_SCHEMA_ADVICE, RESULT_FILE
 from radflow.pipeline.config import PipelineConfig, load_config, to_dict
 from radflow.pipeline.progress import Console, StageView, failure_reason, shown
-from radflow.pipeline.task_logs import KFP_LOG, LOGS_DIR, RunLog, TaskCapture
+from radflow.pipeline.task_logs import KFP_LOG, LOGS_DIR, Echo, RunLog, TaskCapture
 
 CONFIG_FILE = "config.yaml"  # in RUN/logs/: the run's whole config, what `radflow run --resume RUN` reruns
 TRAIN_TASK, TRAIN_OUTPUT = "train", "model"  # the train task's folder and its output artifact
@@ -111,11 +111,11 @@ def run_local(config: PipelineConfig, out: TextIO | None = None, verbose: bool =
         if view:
             console.line(f"radflow run: {shown(config.data)} -> {shown(run_dir)} (every task's log: {shown(logs)}/)")
 
-    capture = TaskCapture(view, out if verbose else None, started)
-    # Quiet: kfp.local's own messages (executor input, outputs, banners) go to kfp.log, not the terminal.
-    quiet = contextlib.nullcontext() if verbose else _redirected(kfp_log)
+    capture = TaskCapture(view, Echo(out, plain=not console.live) if verbose else None, started)
+    # kfp.local's own messages (executor input, outputs, banners) go to kfp.log; with verbose, to `out` too.
+    kfp_out = Echo(out, plain=not console.live, also=kfp_log) if verbose else kfp_log
     try:
-        with capture.installed(), quiet, warnings.catch_warnings():
+        with capture.installed(), _redirected(kfp_out), warnings.catch_warnings():
             # kfp.local warns when a base image name lacks "python"; ours is the project's own
             # Python image, and locally every task runs in this very environment anyway.
             warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)

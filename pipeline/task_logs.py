@@ -71,6 +71,28 @@ class RunLog(io.TextIOBase):
         super().close()
 
 
+class Echo(io.TextIOBase):
+    """What --verbose streams: to `stream` (colour removed unless it is a terminal), and to `also` if given.
+
+    Args:
+        stream: the terminal or file the user reads.
+        plain: remove ANSI colour codes before writing to `stream`.
+        also: a second sink that gets every write, e.g. the run's kfp.log.
+    """
+
+    def __init__(self, stream: TextIO, plain: bool, also: TextIO | None = None):
+        self.stream, self.plain, self.also = stream, plain, also
+
+    def write(self, text: str) -> int:
+        self.stream.write(strip_ansi(text) if self.plain else text)
+        if self.also:
+            self.also.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 class TaskCapture:
     """Runs kfp.local's task commands with their output sent to log files and a view.
 

@@ -342,10 +342,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _interruptible(run):
     """Calls run() with SIGTERM turned into KeyboardInterrupt, so a stopped run stops its tasks too."""
     import signal
+    import threading
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        return run()
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         return run()
@@ -616,7 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="rerun an interrupted run with its own config; train goes on "
                    "from the state it saved there")
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                   help="stream every task's output (kfp.local's, TensorFlow's, Keras') instead of one line per stage")
+                   help="stream every task's output (kfp.local's, TensorFlow's, Keras') instead of one line per "
+                        "stage; the logs are kept as well")
 
     p = with_config(add("compile", cmd_compile, "compile the pipeline to KFP YAML",
                         "Writes the KFP v2 pipeline spec that a Kubeflow cluster runs. Config values become\n"
@@ -893,6 +897,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in getattr(err, "problems", [str(err)]):  # a ConfigError: one line per problem
             print(f"radflow {args.command}: error: {line}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # `radflow run` says more itself; elsewhere one line, not a traceback
+        print(f"radflow {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

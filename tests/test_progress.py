@@ -186,3 +186,10 @@ def test_stopping_a_task_lets_python_say_where_it_was_and_kills_one_that_ignores
     assert stubborn.returncode == -signal.SIGKILL and time.monotonic() - started < 10
     assert "did not stop on SIGINT" in (tmp_path / "stubborn.log").read_text()
     assert not os.path.exists(f"/proc/{stubborn.pid}")
+
+
+def test_verbose_streams_kfps_messages_without_colour_off_a_terminal_and_keeps_them_in_kfp_log(tmp_path):
+    out, kept = io.StringIO(), io.StringIO()
+    echo = task_logs.Echo(out, plain=True, also=kept)
+    echo.write("Task \x1b[96m'push'\x1b[0m finished\n")
+    assert out.getvalue() == "Task 'push' finished\n" and kept.getvalue() == "Task \x1b[96m'push'\x1b[0m finished\n"
