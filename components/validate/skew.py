@@ -25,7 +25,7 @@ from radflow import examples as ex
 from radflow.components.ingest import ingest
 from radflow.components.validate import drift as dr
 from radflow.components.validate.config import DriftThresholds
-from radflow.preprocessing import decode_image_and_depth
+from radflow.preprocessing import decode_image
 
 SERVED_FORMATS = ("BMP", "GIF", "JPEG", "PNG")  # what serving_default's decode_image accepts (no DICOM)
 # Requests carry no label, patient or DICOM header: the image-derived features are what can be compared.
@@ -74,16 +74,17 @@ def measure_encoded(image_bytes: bytes, channels: int = 1) -> ex.ImageFeatures:
     Raises:
         ValueError: the bytes are not an image the signature can decode.
     """
-    # ingest's own format sniffing, so a request is described as ingest described the training images
-    # (private there; the serving-skew tests break if it changes).
+    # ingest's own format sniffing and bit-depth reading, so a request is described as ingest described
+    # the training images (private there; the serving-skew tests break if they change).
     source_format = ingest._source_format(image_bytes)
     if source_format not in SERVED_FORMATS:
         raise ValueError(f"not an image the serving signature decodes ({source_format or 'unknown format'})")
-    try:  # the decode ingest and the serving signature share, with the depth a PNG was read at
-        pixels, bits = decode_image_and_depth(tf.constant(image_bytes), channels)
+    try:
+        pixels = decode_image(tf.constant(image_bytes), channels).numpy()
     except tf.errors.InvalidArgumentError as err:
         raise ValueError(f"not a decodable {source_format}: {err.message}") from err
-    return ex.ImageFeatures.measure(pixels.numpy(), source_format, bit_depth=int(bits))
+    bit_depth = ingest._png_bit_depth(image_bytes) if source_format == "PNG" else 8
+    return ex.ImageFeatures.measure(pixels, source_format, bit_depth=bit_depth)
 
 
 def request_statistics(
