@@ -14,12 +14,11 @@ A config file overrides any subset, e.g.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-
-import yaml
 
 from radflow import __version__
 from radflow.components.class_balance.config import ClassBalanceConfig
@@ -28,6 +27,8 @@ from radflow.components.ingest.config import IngestConfig
 from radflow.components.push.config import PushConfig
 from radflow.components.train.config import TrainConfig
 from radflow.components.validate.config import ValidateConfig
+from radflow.config_types import NonNegative, Positive
+from radflow.pipeline.config_check import ConfigError, check, read_yaml
 
 T = TypeVar("T")
 
@@ -39,7 +40,7 @@ class ClusterConfig:
     # Registry the image is pushed to, prefixed to `image` in the compiled pipeline, e.g.
     # europe-west4-docker.pkg.dev/PROJECT/radflow (GKE: Artifact Registry); "" = `image` as it is (kind: `kind load`).
     registry: str = ""
-    gpus: int = 1  # nvidia.com/gpu for train (0, 1, 2, 4, 8 or 16; per worker with train_workers > 1); 0 = CPU
+    gpus: NonNegative = 1  # nvidia.com/gpu for train (0, 1, 2, 4, 8 or 16; per worker with train_workers > 1); 0 = CPU
     accelerator: str = "nvidia.com/gpu"  # the extended resource name the GPU device plugin advertises
     # key=value node labels a GPU pod must match (GKE labels its GPU nodes with the accelerator type)
     gpu_node_selector: tuple[str, ...] = ("cloud.google.com/gke-accelerator=nvidia-tesla-t4",)
@@ -49,16 +50,16 @@ class ClusterConfig:
     # Serving holds there (infra/serving/overlays/gpu: its HPA's maxReplicas x 1 GPU; 0 = serving on CPU). The
     # capacity check (pipeline/capacity.py, `radflow capacity`) compares the parallel demand with them;
     # gpu_pool_nodes 0 = not checked.
-    gpu_pool_nodes: int = 6
-    gpus_per_node: int = 1
-    serving_gpus: int = 0
+    gpu_pool_nodes: NonNegative = 6  # nodes of the GPU pool at its largest
+    gpus_per_node: NonNegative = 1  # GPUs on each of those nodes
+    serving_gpus: NonNegative = 0  # GPUs GPU serving may hold in that pool at its largest
     cpu: str = "1"  # CPU request of every step but train
     memory: str = "4G"  # memory request (and limit) of every step but train
     train_cpu: str = "4"  # CPU request of train (of each TFJob worker with train_workers > 1)
     train_memory: str = "16G"  # memory request (and limit) of train (of each TFJob worker)
-    timeout_s: int = 7200  # pod deadline (activeDeadlineSeconds) of every step but train
-    train_timeout_s: int = 43200  # deadline of train; a TFJob gets the same as its activeDeadlineSeconds
-    retries: int = 2  # retries of the steps in retry_stages (spot/preemptible nodes can vanish mid-step)
+    timeout_s: Positive = 7200  # pod deadline (activeDeadlineSeconds) of every step but train
+    train_timeout_s: Positive = 43200  # deadline of train; a TFJob gets the same as its activeDeadlineSeconds
+    retries: NonNegative = 2  # retries of the steps in retry_stages (spot/preemptible nodes can vanish mid-step)
     # Only steps whose failure can be transient: the long ingest and training (the fold tasks count as train), on
     # spot GPU nodes. validate, validation_gate, evaluate and push are refused (cluster.NEVER_RETRIED says why).
     retry_stages: tuple[str, ...] = ("ingest", "train")
@@ -73,8 +74,8 @@ class ClusterConfig:
     # a Secret with the PACS credentials of a dicomweb+http(s):// data source (username and password, e.g. of type
     # kubernetes.io/basic-auth, or token), mounted into ingest alone; point ingest.dicomweb_credentials_file at the path
     pacs_credentials_secret: str = ""
-    pacs_credentials_mount_path: str = "/var/secrets/pacs"
-    train_workers: int = 1  # > 1: train launches a TFJob of this many MultiWorkerMirroredStrategy workers
+    pacs_credentials_mount_path: str = "/var/secrets/pacs"  # where that Secret appears in the ingest step
+    train_workers: Positive = 1  # > 1: train launches a TFJob of this many MultiWorkerMirroredStrategy workers
     tfjob_namespace: str = "kubeflow"  # namespace of the TFJob (the pipeline's service account may create there)
     tfjob_service_account: str = "pipeline-runner"  # the workers' identity: KFP's, bound by Workload Identity
     tfjob_work_root: str = ""  # gs:// prefix (or a path on the PVC) the TFJob workers write the model to
@@ -103,46 +104,50 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def from_dict(cls: type[T], values: dict[str, Any] | None) -> T:
-    """Builds config class `cls` from a (possibly partial, possibly nested) dict.
+    """Builds config class `cls` from a (possibly partial, possibly nested) dict, checking every value.
+
+    Values may have come through a KFP struct parameter or JSON (see `_restore`); a stage
+    class's problems are named with its section, e.g. "train.epochs: ...".
 
     Raises:
-        ValueError: a key is not a field of `cls`; the message lists the valid ones.
+        ConfigError: an unknown key, a value of the wrong type or out of bounds; every one, a line each.
     """
     values = dict(values or {})
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} option(s) {unknown}; valid: {sorted(fields)}")
-    hints = typing.get_type_hints(cls)
-    return cls(**{name: _coerce(hints[name], value) for name, value in values.items()})
+    return check(cls, _restore(cls, values), prefix=_sections().get(cls, ()))
 
 
-def _coerce(hint: Any, value: Any) -> Any:
-    """Restores the declared type of a value that went through JSON or a KFP struct parameter.
+@functools.cache
+def _sections() -> dict[type, tuple[str]]:
+    """Each stage's config class -> its section in PipelineConfig, e.g. TrainConfig -> ("train",)."""
+    return {hint: (name,) for name, hint in typing.get_type_hints(PipelineConfig).items()
+            if dataclasses.is_dataclass(hint)}
 
-    KFP carries dict parameters as protobuf Structs, where every number is a double, and JSON
-    has no tuples: so 224 arrives as 224.0 and (16, 32) as [16.0, 32.0].
+
+def _restore(hint: Any, value: Any) -> Any:
+    """Restores what a KFP struct parameter changed, for the strict check that follows.
+
+    KFP carries dict parameters as protobuf Structs, where every number is a double: so 224
+    arrives as 224.0. An integer field gets its whole-numbered float back as an int; anything
+    else is left for the check to accept or name.
     """
-    if value is None:
-        return None
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):  # Optional[X]: coerce to the non-None member
-        return _coerce(next(a for a in args if a is not type(None)), value)
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value)
-    if origin is tuple:
-        return tuple(_coerce(args[0], v) for v in value)
-    if hint is int and isinstance(value, float):
-        if not value.is_integer():
-            raise ValueError(f"expected an integer, got {value}")
+    if origin in (typing.Union, types.UnionType):  # Optional[X]: restore as the non-None member
+        return _restore(next(a for a in args if a is not type(None)), value)
+    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        hints = typing.get_type_hints(hint)
+        return {k: _restore(hints[k], v) if k in hints else v for k, v in value.items()}
+    if origin is tuple and isinstance(value, list | tuple):
+        return [_restore(args[0], v) for v in value]
+    if hint is int and isinstance(value, float) and value.is_integer():
         return int(value)
-    if hint is float and isinstance(value, int):
-        return float(value)
     return value
 
 
 def load_config(path: str | None = None, **overrides: Any) -> PipelineConfig:
     """Reads a YAML config file (or none, for the defaults) and applies top-level overrides.
+
+    The whole config is checked here, before any stage runs: a run that starts has a config
+    every stage accepts.
 
     Args:
         path: a YAML file whose keys mirror PipelineConfig; missing keys keep their defaults.
@@ -150,12 +155,20 @@ def load_config(path: str | None = None, **overrides: Any) -> PipelineConfig:
 
     Returns:
         The config.
+
+    Raises:
+        FileNotFoundError: no file at `path`.
+        ConfigError: invalid YAML (file:line:column), or every value that does not fit its field,
+            each on its own line with the file position and the field's path.
     """
-    values: dict[str, Any] = {}
+    values: Any = {}
+    marks: dict = {}
     if path:
-        with open(path) as f:
-            values = yaml.safe_load(f) or {}
+        values, marks = read_yaml(path)
+        values = {} if values is None else values
         if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a mapping of config sections, got {type(values).__name__}")
+            sections = ", ".join(f.name for f in dataclasses.fields(PipelineConfig))
+            raise ConfigError([f"{path}: expected a mapping of options ({sections}), got {type(values).__name__}"])
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return from_dict(PipelineConfig, values)
+    return check(PipelineConfig, values, marks=marks)
+

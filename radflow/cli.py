@@ -25,8 +25,14 @@ log = logging.getLogger("radflow")
 
 
 def _setup_logging(verbose: bool) -> None:
-    # TensorFlow's C++ logging is read from the environment when TF loads, which is after this.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import warnings
+
+    # TensorFlow's C++ logging is read from the environment when TF loads, which is after this, in
+    # this process and in every task a local run starts. Level 3 also hides the "Unable to register
+    # cuDNN/cuFFT/cuBLAS factory" lines TF 2.16 logs as errors on every start; -v keeps level 2.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if verbose else "3")
+    if not verbose:  # google-api-core's Python-version notices, once per imported client library
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.")
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("apache_beam", "tensorflow", "absl", "h5py", "matplotlib"):
@@ -77,7 +83,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         validate,
     )
 
-    config = _stage_config(args, "validate", schema_path=args.schema)
+    config = _stage_config(args, "validate", **_schema_fields(args.schema))
     baseline = args.baseline or last_blessed_statistics(args.serving_root or "", _stage_config(args, "push").model_name)
     try:
         result = validate(args.examples, args.out, config, baseline=baseline)
@@ -92,12 +98,69 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_schema_freeze(args: argparse.Namespace) -> int:
-    from radflow.components.validate.schema import CURATED_DIR, freeze
+def _schema_fields(value: str | None) -> dict[str, str]:
+    """The validate fields --schema sets: "infer", a curated schema's name, or a schema file.
 
-    path = freeze(args.run, args.name, args.dir or CURATED_DIR)
-    print(f"wrote {path}; runs with validate.schema_name={args.name!r} now validate against it")
+    Raises:
+        ValueError: an empty value (it used to mean the default schema, silently).
+        FileNotFoundError: a schema file that does not exist.
+    """
+    from radflow.components.validate.config import CURATED_DIR
+
+    if value is None:
+        return {}
+    if value == "infer":
+        return {"schema_name": "", "schema_path": ""}
+    curated = sorted(f.removesuffix(".pbtxt") for f in os.listdir(CURATED_DIR) if f.endswith(".pbtxt"))
+    if not value:
+        raise ValueError(f"--schema needs infer, a curated schema name ({', '.join(curated)}) or a .pbtxt file")
+    if value in curated:
+        return {"schema_name": value, "schema_path": ""}
+    if "://" not in value and not os.path.isfile(value):
+        raise FileNotFoundError(f"--schema {value}: no such schema file, and no curated schema of that name "
+                                f"({', '.join(curated)}); --schema infer infers one from train")
+    return {"schema_path": value}
+
+
+def cmd_schema_freeze(args: argparse.Namespace) -> int:
+    from radflow.components.validate.config import CURATED_DIR, SHIPPED_SCHEMAS
+
+    dest_dir = args.dir or CURATED_DIR
+    dest = os.path.join(dest_dir, f"{args.name}.pbtxt")
+    if os.path.exists(dest) and not args.force:
+        shipped = " (shipped with radflow)" if dest_dir == CURATED_DIR and args.name in SHIPPED_SCHEMAS else ""
+        raise FileExistsError(f"{dest} exists{shipped}; choose another --name, or pass --force to replace it")
+    from radflow.components.validate.schema import freeze
+
+    path = freeze(args.run, args.name, dest_dir)
+    if dest_dir == CURATED_DIR:
+        print(f"wrote {path}; runs validate against it with --schema {args.name} "
+              f"(in a config: validate: {{schema_name: {args.name}}})")
+    else:
+        print(f"wrote {path}; point a run at it with --schema {path} "
+              f"(in a config: validate: {{schema_path: {path}}})")
     return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.config_command == "reference":
+        from radflow.pipeline.reference import reference
+
+        sys.stdout.write(reference())
+        return 0
+    from radflow.pipeline.config import ConfigError, load_config
+
+    failed = 0
+    for path in args.files:
+        try:
+            load_config(path)
+        except (ConfigError, FileNotFoundError) as err:
+            failed += 1
+            for line in getattr(err, "problems", [str(err)]):
+                print(f"radflow config: error: {line}", file=sys.stderr)
+            continue
+        print(f"{path}: ok")
+    return 1 if failed else 0
 
 
 def cmd_class_balance(args: argparse.Namespace) -> int:
@@ -203,33 +266,135 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_data(data: str, given: bool) -> str | None:
+    """Why `data` cannot be ingested, in one line, or None; cheap, so it runs before any heavy import.
+
+    Args:
+        data: the run's data folder (or CSV manifest, or gs:// prefix: not checked here).
+        given: the path came from --data or a config, not from the default.
+    """
+    import difflib
+
+    if "://" in data:
+        return None
+    if os.path.isfile(data):
+        return None if data.endswith(".csv") else (f"--data {data}: is a file; expected an image folder (split "
+                                                   "folders or class folders) or a CSV manifest")
+    if not os.path.isdir(data):
+        if not given:
+            return (f"no data at {data}: `make sample` (or `radflow synth {data}`) writes the synthetic sample "
+                    "there, or pass --data DIR")
+        parent = os.path.dirname(os.path.abspath(data))
+        near = difflib.get_close_matches(os.path.basename(data.rstrip(os.sep)),
+                                         os.listdir(parent) if os.path.isdir(parent) else [], n=1)
+        hint = f"; did you mean {os.path.join(os.path.dirname(data), near[0])}?" if near else ""
+        return f"--data {data}: no such folder{hint}"
+    for _, _, files in os.walk(data):
+        if any(not f.startswith(".") for f in files):
+            return None
+    return (f"--data {data}: holds no files; expected split folders (train|val|test/<class>/...) or class "
+            "folders (<class>/...) of images")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    # Arguments, paths and the whole config are checked before TensorFlow and kfp are imported, so a
+    # mistake is answered in a fraction of a second.
+    import dataclasses
+
+    from radflow.pipeline.config import PipelineConfig, load_config
+    from radflow.pipeline.run import resume_config
+
+    if args.resume:
+        given = [f for f in ("config", "data", "schema", "patient_id_pattern") if getattr(args, f) is not None]
+        if given:
+            raise ValueError(f"--resume reruns the interrupted run's own config; drop --{given[0].replace('_', '-')}")
+        config = resume_config(args.resume)
+        config = dataclasses.replace(config, **{k: v for k, v in (("serving_root", args.serving_root),
+                                                                  ("pipeline_root", args.pipeline_root)) if v})
+    else:
+        config = load_config(args.config, data=args.data, serving_root=args.serving_root,
+                             pipeline_root=args.pipeline_root)
+        ingest = dataclasses.replace(
+            config.ingest, allow_image_level_splits=args.allow_image_level_splits or
+            config.ingest.allow_image_level_splits,
+            **({} if args.patient_id_pattern is None else {"patient_id_pattern": args.patient_id_pattern}))
+        validate = dataclasses.replace(config.validate, **_schema_fields(args.schema))
+        config = dataclasses.replace(config, ingest=ingest, validate=validate)
+    problem = _check_data(config.data, given=bool(args.data or args.resume) or config.data != PipelineConfig().data)
+    weights = config.train.weights
+    if not problem and weights.lower() != "none" and "://" not in weights and not os.path.isfile(weights):
+        problem = (f"train.weights: {weights}: no such file (radflow never downloads weights; "
+                   "configs/transfer_learning.yaml says how to make a no-top weights file once)")
+    if problem:
+        print(f"radflow run: error: {problem}", file=sys.stderr)
+        return 2
+    if args.resume:
+        print(f"radflow run: resuming {args.resume}: train goes on from its saved state; the other stages run again")
+
+    from radflow.pipeline.progress import shown
+    from radflow.pipeline.run import RunInterrupted, TaskFailed, run_local, validation_reports
+
+    try:
+        result = _interruptible(lambda: run_local(config, sys.stdout, verbose=args.verbose))
+    except TaskFailed as failed:
+        for i, line in enumerate(failed.reason or [f"see {shown(failed.log)}"]):
+            print(f"radflow run: {failed.task} failed: {line}" if i == 0 else f"  {line}", file=sys.stderr)
+        reports = validation_reports(failed.run_dir) if failed.task == "validation-gate" else []
+        if reports:
+            print(f"radflow run: validate's reports: {', '.join(shown(r) for r in reports)}", file=sys.stderr)
+        print(f"radflow run: {failed.advice or 'its whole log: ' + shown(failed.log)}", file=sys.stderr)
+        return 1
+    except RunInterrupted as stop:
+        print(_interrupted_line(stop, config), file=sys.stderr)
+        return 130
+    _print_summary(result)
+    return 0
+
+
+def _interruptible(run):
+    """Calls run() with SIGTERM turned into KeyboardInterrupt, so a stopped run stops its tasks too."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        return run()
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        return run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted_line(stop, config) -> str:
+    """The one line a stopped run prints: what stopped, where the partial run is, what was pushed, what next."""
+    from radflow.pipeline.progress import shown
+
+    where = f"; the partial run is in {shown(stop.run_dir)}" if stop.run_dir else ""
+    if stop.pushed_version is not None:
+        pushed = f"; it had already pushed version {stop.pushed_version}"
+    else:
+        pushed = "; nothing was pushed"
+    if stop.resumable_epoch:
+        after = (f"; `radflow run --resume {shown(stop.run_dir)}` goes on from train's state after "
+                 f"epoch {stop.resumable_epoch}")
+    else:
+        after = "; a rerun starts over"
+    return f"radflow run: interrupted during {stop.task or 'start-up'}{where}{pushed}{after}"
+
+
+def _print_summary(result) -> None:
     from radflow.components.ingest.ingest import INGESTED, read_manifest
-    from radflow.pipeline.config import load_config
-    from radflow.pipeline.run import run_local
     from radflow.serving.predict import predict_files
 
-    config = load_config(args.config, data=args.data, serving_root=args.serving_root,
-                         pipeline_root=args.pipeline_root)
-    if args.patient_id_pattern is not None or args.allow_image_level_splits:
-        import dataclasses
-
-        allow = args.allow_image_level_splits or config.ingest.allow_image_level_splits
-        ingest = dataclasses.replace(
-            config.ingest, allow_image_level_splits=allow,
-            **({} if args.patient_id_pattern is None else {"patient_id_pattern": args.patient_id_pattern}))
-        config = dataclasses.replace(config, ingest=ingest)
-    if not os.path.isdir(config.data) and "://" not in config.data:
-        print(f"no data at {config.data!r}: pass --data DIR, or make a sample with `radflow synth {config.data}`",
-              file=sys.stderr)
-        return 2
-    result = run_local(config)
     print("\n== radflow run finished ==")
     print("test metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if k != "num_examples"))
     print(f"blessed: {result.blessing.blessed} ({result.blessing.reason})")
     if not result.pushed["pushed"]:
         print(f"not pushed: {result.pushed['reason']}")
-        return 0
+        return
     print(f"pushed version {result.pushed['version']} to {result.pushed['path']}")
     examples = {}  # the first test image of each class, to show one served answer per class
     for r in read_manifest(result.examples_dir):
@@ -240,7 +405,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         scores = ", ".join(f"{k}={v:.3f}" for k, v in pred.scores.items())
         how = f"at threshold {pred.threshold:.3f}" if pred.threshold is not None else "by the highest score"
         print(f"serving_default on a test {truth} image ({path}): {pred.decision} {how} ({scores})")
-    return 0
 
 
 def cmd_capacity(args: argparse.Namespace) -> int:
@@ -468,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--config", metavar="FILE", help="YAML config; its sections override the defaults "
-                       "(see pipeline/config.py and configs/)")
+                       "(see docs/configuration.md and configs/)")
         return p
 
     p = add("synth", cmd_synth, "write a synthetic chest X-ray set in Kaggle's layout",
@@ -481,9 +645,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_config(add("run", cmd_run, "run the whole pipeline locally under kfp.local",
                         "Runs ingest -> validate -> class_balance -> train -> evaluate -> push with kfp.local's\n"
-                        "SubprocessRunner, then prints the metrics, the pushed version and one prediction made\n"
-                        "through the pushed model's serving_default signature.\n\n"
-                        "example: radflow run --local --data data/sample --serving-root models"))
+                        "SubprocessRunner, one line per stage (on a terminal with live progress), then prints the\n"
+                        "metrics, the pushed version and one prediction made through the pushed model's\n"
+                        "serving_default signature. Everything each task prints is kept in RUN/logs/<task>.log;\n"
+                        "--verbose streams it instead. Ctrl-C stops the run and says whether --resume can go on.\n\n"
+                        "example: radflow run --local --data data/sample --serving-root models\n"
+                        "         radflow run --data data/brain_mri --config configs/brain_mri_4class.yaml\n"
+                        "         radflow run --resume runs/radflow-2026-12-01-10-00-00-000000"))
     p.add_argument("--local", action="store_true", default=True,
                    help="run on this machine with kfp.local (the default, and for now the only mode here)")
     p.add_argument("--data", help="image folder (Kaggle or class-per-folder layout); default from config")
@@ -492,6 +660,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patient-id-pattern", metavar="REGEX|PRESET", help="ingest.patient_id_pattern: where the "
                    "patient is in each path (see radflow ingest --help)")
     p.add_argument("--allow-image-level-splits", action="store_true", help="ingest.allow_image_level_splits")
+    p.add_argument("--schema", metavar="infer|NAME|FILE", help="validate against a schema inferred from train "
+                   "(infer: for labels other than the chest X-ray schema's), a curated schema NAME, or a .pbtxt FILE")
+    p.add_argument("--resume", metavar="RUN_DIR", help="rerun an interrupted run with its own config; train goes on "
+                   "from the state it saved there")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="stream every task's output (kfp.local's, TensorFlow's, Keras') instead of one line per "
+                        "stage; the logs are kept as well")
 
     p = with_config(add("compile", cmd_compile, "compile the pipeline to KFP YAML",
                         "Writes the KFP v2 pipeline spec that a Kubeflow cluster runs. Config values become\n"
@@ -539,7 +714,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "example: radflow validate runs/examples runs/validation --serving-root models"))
     p.add_argument("examples", metavar="EXAMPLES", help="an ingest output")
     p.add_argument("out", metavar="OUT", help="output directory")
-    p.add_argument("--schema", help="a schema .pbtxt to validate against (default: the curated schema_name)")
+    p.add_argument("--schema", metavar="infer|NAME|FILE", help="infer a schema from train (infer), or validate "
+                   "against the curated schema NAME or a .pbtxt FILE (default: validate.schema_name, chest_xray)")
     p.add_argument("--serving-root", help="find the drift baseline in the highest version published here")
     p.add_argument("--baseline", metavar="STATS", help="a train statistics .pb to check drift against instead")
 
@@ -551,11 +727,24 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Copies the schema a finished validate run wrote (RUN is that output, or a pipeline run\n"
                     "directory holding one) into the repository as the curated schema NAME. Later runs with\n"
-                    "validate.schema_name=NAME (chest_xray by default) validate against it; edit it by hand.\n\n"
-                    "example: radflow schema freeze runs/radflow-20260101-120000 --name chest_xray")
+                    "--schema NAME (validate.schema_name: NAME) validate against it; edit it by hand. An\n"
+                    "existing schema, such as the shipped chest_xray, is only replaced with --force.\n\n"
+                    "example: radflow schema freeze runs/radflow-2026-01-01-12-00-00-000000 --name brain_mri")
     p.add_argument("run", metavar="RUN", help="a validate output, or a pipeline run directory")
-    p.add_argument("--name", default="chest_xray", help="curated schema name (default chest_xray)")
-    p.add_argument("--dir", default=None, help="curated schema folder (default: the repository's pipeline/schema)")
+    p.add_argument("--name", required=True, help="curated schema name, e.g. brain_mri")
+    p.add_argument("--dir", default=None, help="write NAME.pbtxt here instead of the repository's pipeline/schema "
+                   "(runs then use it with --schema DIR/NAME.pbtxt)")
+    p.add_argument("--force", action="store_true", help="replace an existing schema of that name")
+
+    p = add("config", cmd_config, "check config files, or print the configuration reference",
+            "check FILE...: loads each file as `radflow run --config` would and names every problem by\n"
+            "line, column and option. reference: the Markdown page docs/configuration.md, generated\n"
+            "from the config dataclasses (every option with its type, bounds, default and meaning).\n\n"
+            "example: radflow config check configs/*.yaml\n"
+            "         radflow config reference > docs/configuration.md")
+    config_sub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    config_sub.add_parser("check", help="check config files").add_argument("files", metavar="FILE", nargs="+")
+    config_sub.add_parser("reference", help="print docs/configuration.md")
 
     p = with_config(add("class-balance", cmd_class_balance, "class counts, weights, initial bias, strategy",
                         "Counts per class and split, the imbalance ratio, class weights n/(K*n_c), the initial\n"
@@ -809,8 +998,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as err:
         log.debug("failed", exc_info=True)
-        print(f"radflow {args.command}: error: {err}", file=sys.stderr)
+        for line in getattr(err, "problems", [str(err)]):  # a ConfigError: one line per problem
+            print(f"radflow {args.command}: error: {line}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # `radflow run` says more itself; elsewhere one line, not a traceback
+        print(f"radflow {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -47,7 +47,8 @@ def test_params_set_top_level_values_and_single_stage_fields_over_the_config():
     ("epochs", "expected key=value"),
     ("model=x", "unknown parameter"),
     ("cluster.gpus=2", "unknown stage 'cluster'"),
-    ("train.epoch=3", r"unknown TrainConfig option\(s\) \['epoch'\]"),
+    ("train.epoch=3", r"train\.epoch: unknown option; did you mean train\.epochs\?"),
+    ("train.epochs=ten", r"train\.epochs: expected an integer, got .ten."),
 ])
 def test_bad_params_are_refused_before_anything_is_sent(item, message):
     with pytest.raises(ValueError, match=message):

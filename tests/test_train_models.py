@@ -1,5 +1,6 @@
 """The model zoo: backbones at their smallest inputs, weights files, two-phase fine-tuning, Grad-CAM layer names."""
 
+import logging
 import os
 import socket
 
@@ -69,6 +70,16 @@ def test_weights_are_never_downloaded(tmp_path):
         build_model(_meta(32), TrainConfig(model="resnet9000"), [0.0])
 
 
+def test_a_weights_file_of_another_backbone_is_one_line_naming_expected_and_found(weights_file):
+    with pytest.raises(ValueError) as err:  # Keras' own: "A total of 26 objects could not be loaded. ..."
+        build_model(_meta(32), TrainConfig(model="vgg16", weights=weights_file[0]), [0.0])
+    message = str(err.value)
+    assert "\n" not in message
+    assert message == (f"train.weights: {weights_file[0]} is not a vgg16 no-top weights file: expected the 26 "
+                       f"weight arrays of vgg16 without its top, found {len(weights_file[1].weights)} (another "
+                       "backbone's, or one saved with its top)")
+
+
 @pytest.fixture(scope="module")
 def weights_file(tmp_path_factory) -> tuple[str, keras.Model]:
     """A MobileNetV2 no-top weights file, standing in for downloaded ImageNet weights."""
@@ -134,15 +145,23 @@ def test_fine_tuning_unfreezes_the_top_layers_or_a_named_block_and_never_batch_n
 
 
 def test_two_phase_fit_trains_head_then_top_layers_with_batch_norm_in_inference_mode(
-        weights_file, examples_dir, tmp_path):
+        weights_file, examples_dir, tmp_path, caplog):
     metadata = ex.read_metadata(examples_dir)
     config = TrainConfig(model="mobilenet_v2", weights=weights_file[0], epochs=1, fine_tune_epochs=1,
                          unfreeze_layers=8, dense_units=4, batch_size=32, warmup_epochs=0, augment=False)
     strategy = choose_strategy()
     balance = compute_class_balance(metadata, ClassBalanceConfig())
-    fitted = fit_model(examples_dir, metadata, balance, config, strategy, acceleration("cpu", True, True),
-                       str(tmp_path), verbose=0)
+    with caplog.at_level(logging.INFO, logger="radflow.components.train.fit"):
+        fitted = fit_model(examples_dir, metadata, balance, config, strategy, acceleration("cpu", True, True),
+                           str(tmp_path), verbose=0)
     assert fitted.phases == [HEAD, FINE_TUNE] and len(fitted.history["loss"]) == 2
+    head, fine = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train: phase ")]
+    trainable = sum(int(np.prod(w.shape)) for w in fitted.model.trainable_weights)  # as phase 2 left them
+    assert head.startswith("train: phase head: the pretrained mobilenet_v2 is frozen, the head learns (")
+    assert head.endswith("; up to 1 epochs at learning rate 0.001")
+    assert fine == (f"train: phase fine_tune: fine-tuning: the top 8 mobilenet_v2 layers learn too, BatchNormalization "
+                    f"stays frozen ({trainable:,} of {sum(int(np.prod(w.shape)) for w in fitted.model.weights):,} "
+                    "weights); up to 1 epochs at learning rate 1e-05")
     model, source = fitted.model, weights_file[1]
     bn = [lyr.name for lyr in backbone_layers(model) if isinstance(lyr, keras.layers.BatchNormalization)]
     for name in bn:  # moving statistics untouched in both phases

@@ -470,7 +470,7 @@ def test_a_curated_schema_for_other_labels_says_how_to_proceed():
     schema = tfdv.load_schema_text(sc.curated_path("chest_xray"))
     brain = ex.DatasetMetadata(("glioma", "meningioma", "no_tumor"), SIZE, 1, {})
     (line,) = v._label_set_mismatch(schema, brain, ValidateConfig(schema_name="chest_xray"))
-    assert "'chest_xray' is for labels ['NORMAL', 'PNEUMONIA']" in line and "schema_name to ''" in line
+    assert "'chest_xray' is for labels ['NORMAL', 'PNEUMONIA']" in line and "rerun with --schema infer" in line
     chest = ex.DatasetMetadata(("NORMAL", "PNEUMONIA"), SIZE, 1, {})
     assert v._label_set_mismatch(schema, chest, ValidateConfig(schema_name="chest_xray")) == []
     assert v._label_set_mismatch(schema, brain, ValidateConfig(schema_name="")) == []

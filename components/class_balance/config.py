@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 CLASS_WEIGHTS, OVERSAMPLE, NONE = "class_weights", "oversample", "none"
-STRATEGIES = (CLASS_WEIGHTS, OVERSAMPLE, NONE)
+Strategy = Literal["class_weights", "oversample", "none"]
+STRATEGIES = get_args(Strategy)
 
 
 @dataclass(frozen=True)
 class ClassBalanceConfig:
     # class_weights: weight the loss by n_total / (n_classes * n_c); oversample: train draws every class
     # equally often in tf.data (sampling_weights); none: train on the data as it is.
-    strategy: str = CLASS_WEIGHTS  # the usual choice for moderate imbalance: keeps all data, no repeated images
+    strategy: Strategy = CLASS_WEIGHTS  # the usual choice for moderate imbalance: keeps all data, no repeated images

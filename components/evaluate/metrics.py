@@ -11,14 +11,18 @@ argmax and report macro averages of one-vs-rest metrics, plus each class's own.
 
 from __future__ import annotations
 
+from typing import get_args
+
 import numpy as np
+
+from radflow.components.evaluate.config import ThresholdMethod
 
 # The metrics of `compute_metrics`, in report order; "recall" is the sensitivity.
 METRIC_NAMES = ("accuracy", "balanced_accuracy", "precision", "npv", "recall", "specificity", "f1", "mcc",
                 "roc_auc", "pr_auc", "brier", "ece")
 # Lower is better for these; every other metric is better when higher.
 LOWER_IS_BETTER = frozenset({"brier", "ece"})
-THRESHOLD_METHODS = ("target_sensitivity", "youden", "fixed")
+THRESHOLD_METHODS = get_args(ThresholdMethod)
 
 
 def _div(a: np.ndarray | float, b: np.ndarray | float) -> float:

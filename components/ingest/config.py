@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from radflow.config_types import Fraction, NonNegative, Positive
+
 RESIZE_POLICIES = ("pad", "crop")
 # Where common public sets keep the patient, as regexes with one group searched in a file's path
 # relative to the source. `patient_id_pattern` may name one instead of writing it out.
@@ -28,19 +30,19 @@ OFFICIAL_SPLIT_MODES = ("merge_val", "keep", "resplit")
 
 @dataclass(frozen=True)
 class IngestConfig:
-    image_size: int = 224  # height and width of the stored, standardised images
+    image_size: Positive = 224  # height and width of the stored, standardised images
     channels: int = 1  # 1 stores grayscale (colour inputs are converted), 3 stores RGB
     resize_policy: str = "pad"  # "pad" to a square (keeps all anatomy) or "crop" the centre square; in metadata
-    min_side: int = 32  # quarantine images whose shorter side is below this many pixels ("too small")
+    min_side: NonNegative = 32  # quarantine images whose shorter side is below this many pixels ("too small")
     # share of non-test patients held out for validation: early stopping and the operating threshold are chosen
     # there, and a 95% sensitivity target can only be placed with 20 or more patients of each class in it
-    val_fraction: float = 0.2
-    test_fraction: float = 0.15  # share of patients held out for test when the source has no official test split
+    val_fraction: Fraction = 0.2
+    test_fraction: Fraction = 0.15  # share of patients held out for test when the source has no official test split
     # merge_val: keep the official test split, fold the official val into train and carve a patient-disjoint
     # val from it (Kaggle's val folder has 16 images); keep: use official splits as given; resplit: ignore them.
     official_splits: str = "merge_val"
     seed: int = 0  # split salt: a patient's split depends only on its id and this seed
-    latest_deliveries: int = 0  # source of dated delivery folders (2026-11-01/...): read the newest N; 0 = all
+    latest_deliveries: NonNegative = 0  # source of dated delivery folders (2026-11-01/...): read the newest N; 0 = all
     labels: tuple[str, ...] = ()  # class names in label order; empty = sorted class folder (or manifest) names
     modality: str = ""  # what the images are, e.g. "chest X-ray" or "brain MRI": the model card and review page say it
     # Where the patient is: a regex with one group, searched in each file's path relative to the source
@@ -51,8 +53,8 @@ class IngestConfig:
     # splits. Ingest therefore stops before any work when more than half the inputs have none; True
     # goes on with image-level splits, recorded in metadata.json, the model card and the blessing.
     allow_image_level_splits: bool = False
-    max_quarantined_fraction: float = 0.1  # fail the run when more inputs than this are quarantined
-    max_class_share_gap: float = 0.05  # warn when a split's class share is further than this from the whole set's
+    max_quarantined_fraction: Fraction = 0.1  # fail the run when more inputs than this are quarantined
+    max_class_share_gap: Fraction = 0.05  # warn when a split's class share is further than this from the whole set's
     # The patient-key secret (HMAC key of patient ids) is looked up at run time, first match wins: the file
     # (e.g. a mounted Kubernetes Secret), the environment variable, then patient_key_secret. The last one is
     # for tests: a config value is compiled into the pipeline spec. No secret found means a random per-run
@@ -77,8 +79,8 @@ class IngestConfig:
     # threads share the work on all cores without shipping every image between processes
     # (multi_processing measured 1.5x slower per image on 2 cores; see docs/ingest.md).
     direct_running_mode: str = "multi_threading"
-    direct_num_workers: int = 0  # DirectRunner workers (threads or processes); 0 = one per core
-    progress_every: int = 500  # each worker logs its progress after every this many files
+    direct_num_workers: NonNegative = 0  # DirectRunner workers (threads or processes); 0 = one per core
+    progress_every: Positive = 500  # each worker logs its progress after every this many files
 
     def __post_init__(self):
         if self.resize_policy not in RESIZE_POLICIES:

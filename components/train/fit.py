@@ -111,6 +111,20 @@ def _phases(config: TrainConfig) -> list[_Phase]:
     return phases
 
 
+def _what_learns(model: keras.Model, config: TrainConfig, phase: str) -> str:
+    """Which weights a phase trains, for the log line that announces it."""
+    trainable = sum(int(math.prod(w.shape)) for w in model.trainable_weights)
+    total = sum(int(math.prod(w.shape)) for w in model.weights)
+    share = f"{trainable:,} of {total:,} weights"
+    if not is_pretrained(config):
+        return f"every layer learns ({share})"
+    if phase == HEAD:
+        return f"the pretrained {config.model} is frozen, the head learns ({share})"
+    unfrozen = f"the layers named {config.unfreeze_block}..." if config.unfreeze_block else \
+        f"the top {config.unfreeze_layers} {config.model} layers"
+    return f"fine-tuning: {unfrozen} learn too, BatchNormalization stays frozen ({share})"
+
+
 def _run_phase(phase: _Phase, model: keras.Model, trainer: keras.Model, strategy: tf.distribute.Strategy,
                config: TrainConfig, metadata: ex.DatasetMetadata, accel: Acceleration, datasets: tuple,
                steps: int | None, work_dir: str, log_dir: str | None, verbose: int,
@@ -128,6 +142,8 @@ def _run_phase(phase: _Phase, model: keras.Model, trainer: keras.Model, strategy
         log.info("train: phase %s finished before a restart; restored it", phase.name)
         history = json.loads(fileio.read_text(done_record))
         return history, len(history.get("loss", []))
+    log.info("train: phase %s: %s; up to %d epochs at learning rate %g", phase.name,
+             _what_learns(model, config, phase.name), phase.epochs, phase.learning_rate)
     tf.io.gfile.makedirs(phase_dir)
     state_dir, history_file = os.path.join(phase_dir, "state"), os.path.join(phase_dir, "history.csv")
     best_file = os.path.join(phase_dir, "best.weights.h5")

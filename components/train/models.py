@@ -161,11 +161,28 @@ def build_backbone_model(metadata: ex.DatasetMetadata, config: TrainConfig, bias
     elif metadata.channels != 3:
         raise ValueError(f"backbones take 1 or 3 channels, the examples have {metadata.channels}")
     x = _input_arithmetic(x, spec.preprocess)
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = None if config.weights.lower() == NO_WEIGHTS else local_weights_file(config.weights, tmp)
-        backbone = spec.build(include_top=False, weights=weights, input_tensor=x)
+    backbone = spec.build(include_top=False, weights=None, input_tensor=x)
+    if config.weights.lower() != NO_WEIGHTS:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = local_weights_file(config.weights, tmp)
+            try:  # what keras.applications does with a weights path, with Keras' many-line refusal made one line
+                backbone.load_weights(path)
+            except ValueError as err:
+                raise ValueError(_weights_mismatch(config, path, backbone)) from err
     outputs = _head(backbone.output, metadata, bias, config.dense_units, config.dropout, dropout_first=False)
     return keras.Model(inputs, outputs, name=config.model)
+
+
+def _weights_mismatch(config: TrainConfig, path: str, backbone: keras.Model) -> str:
+    """Why a weights file does not fit the backbone, as expected against found: its weight arrays."""
+    import h5py
+
+    arrays: list[str] = []
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: arrays.append(name) if isinstance(obj, h5py.Dataset) else None)
+    return (f"train.weights: {config.weights} is not a {config.model} no-top weights file: expected the "
+            f"{len(backbone.weights)} weight arrays of {config.model} without its top, found {len(arrays)} "
+            "(another backbone's, or one saved with its top)")
 
 
 def build_model(metadata: ex.DatasetMetadata, config: TrainConfig, bias: list[float]) -> keras.Model:

@@ -28,7 +28,7 @@ from radflow import examples as ex
 from radflow import fileio
 from radflow.components.class_balance.class_balance import ClassBalance
 from radflow.components.train import cv
-from radflow.components.train.config import TrainConfig
+from radflow.components.train.config import BACKUP_DIR, TrainConfig
 from radflow.components.train.data import make_dataset  # noqa: F401  (the stage's public API)
 from radflow.components.train.export import (  # noqa: F401  (the export contract, imported from here by other stages)
     CLASSES,
@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 HISTORY_FILE = "history.json"
 CURVES_FILE = "training_curves.png"
 LOGS_DIR = "logs"  # TensorBoard event files
-BACKUP_DIR = "backup"  # default fault-tolerance state, removed once the stage has finished
 RESULT_FILE = "training.json"  # written last: the model directory is complete when it exists
 
 
@@ -150,7 +149,7 @@ def model_metadata(result: TrainResult) -> dict:
     """What the KFP Model artifact shows about a training run."""
     metadata = {"framework": "tensorflow", "model": result.model, "strategy": result.strategy,
                 "replicas": result.replicas, "epochs_run": result.epochs_run, "best_val_auc": result.best_val_auc,
-                "last_conv_layer": result.last_conv_layer}
+                "best_epoch": result.best_epoch, "last_conv_layer": result.last_conv_layer}
     if result.cv:
         metadata["cv_val_auc"] = result.cv["metrics"]["val_auc"]
     return metadata

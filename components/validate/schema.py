@@ -21,16 +21,13 @@ import tensorflow as tf
 import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import schema_pb2, statistics_pb2
 
-import radflow.pipeline
 from radflow import examples as ex
 from radflow import fileio
+from radflow.components.validate.config import CURATED_DIR, RESULT_FILE
 
 log = logging.getLogger(__name__)
 
-# Curated schemas live in the repository and are installed with radflow.pipeline.
-CURATED_DIR = os.path.join(os.path.dirname(radflow.pipeline.__file__), "schema")
 SCHEMA_FILE = "schema.pbtxt"  # the schema a validate output was checked against
-RESULT_FILE = "validation.json"  # written last by validate: a schema beside it belongs to a finished run
 SOURCE_FORMATS = ("BMP", "DICOM", "GIF", "JPEG", "PNG")  # what ingest decodes
 # An image whose intensities barely vary (all black, all white, a flat test card) shows no anatomy.
 MIN_STD_INTENSITY = 1.0

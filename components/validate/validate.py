@@ -44,7 +44,7 @@ from radflow import examples as ex
 from radflow.components.push import layout
 from radflow.components.validate import drift as dr
 from radflow.components.validate import schema as sc
-from radflow.components.validate.config import ACTIONS, BLOCK, ValidateConfig
+from radflow.components.validate.config import ACTIONS, BLOCK, INFER_SCHEMA_ADVICE, ValidateConfig
 from radflow.components.validate.report import write_statistics_html
 from radflow.components.validate.shortcuts import find_shortcuts, read_features
 
@@ -267,8 +267,7 @@ def _label_set_mismatch(schema: schema_pb2.Schema, metadata: ex.DatasetMetadata,
     if not config.schema_name or config.schema_path or not domain or set(domain) == set(metadata.label_names):
         return []
     return [f"dataset: the curated schema {config.schema_name!r} is for labels {list(domain)}, but this dataset's "
-            f"labels are {list(metadata.label_names)}; set validate.schema_name to '' to infer a schema from "
-            f"train (then `radflow schema freeze RUN --name NAME`), or name a schema frozen for this dataset"]
+            f"labels are {list(metadata.label_names)}: {INFER_SCHEMA_ADVICE}"]
 
 
 def last_blessed_statistics(serving_root: str, model_name: str) -> str:
