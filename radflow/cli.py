@@ -396,15 +396,19 @@ def _print_summary(result) -> None:
         print(f"not pushed: {result.pushed['reason']}")
         return
     print(f"pushed version {result.pushed['version']} to {result.pushed['path']}")
-    examples = {}  # the first test image of each class, to show one served answer per class
-    for r in read_manifest(result.examples_dir):
-        if r["split"] == "test" and r["state"] == INGESTED:
-            examples.setdefault(r["label"], r["path"])
-    for truth, path in sorted(examples.items()):
-        pred = predict_files(result.pushed["path"], [path])[0]
+    test = [r for r in read_manifest(result.examples_dir) if r["split"] == "test" and r["state"] == INGESTED]
+    predictions = predict_files(result.pushed["path"], [r["path"] for r in test])
+    by_class: dict[str, list] = {}
+    for row, pred in zip(test, predictions, strict=True):
+        by_class.setdefault(row["label"], []).append(pred)
+    right = ", ".join(f"{label} {sum(p.decision == label for p in preds)} of {len(preds)}"
+                      for label, preds in sorted(by_class.items()))
+    print(f"served version {result.pushed['version']} on the test images, called right per class: {right}")
+    for label, preds in sorted(by_class.items()):  # one typical image per class: its class's median score
+        pred = sorted(preds, key=lambda p: p.scores[label])[len(preds) // 2]
         scores = ", ".join(f"{k}={v:.3f}" for k, v in pred.scores.items())
         how = f"at threshold {pred.threshold:.3f}" if pred.threshold is not None else "by the highest score"
-        print(f"serving_default on a test {truth} image ({path}): {pred.decision} {how} ({scores})")
+        print(f"a typical test {label} image (median {label} score), {pred.path}: {pred.decision} {how} ({scores})")
 
 
 def cmd_capacity(args: argparse.Namespace) -> int:

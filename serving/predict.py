@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
+from radflow import dicom
 from radflow.components.train.train import CLASSES, SCORES, SERVING_INPUT, THRESHOLD
 
 
@@ -23,8 +24,13 @@ class Prediction:
     decision: str = ""  # binary: the positive (second) class when its score reaches the threshold; else `label`
 
 
+def served_bytes(data: bytes) -> bytes:
+    """What serving_default is sent for a file: the file itself, a DICOM rendered to PNG as ingest renders it."""
+    return dicom.to_png(data) if dicom.is_dicom(data) else data
+
+
 def predict_files(saved_model_dir: str, paths: list[str]) -> list[Prediction]:
-    """Scores image files (JPEG, PNG, BMP, GIF) with an exported model.
+    """Scores image files (JPEG, PNG, BMP, GIF, DICOM) with an exported model.
 
     Args:
         saved_model_dir: a SavedModel exported by train, e.g. <serving_root>/radflow/3.
@@ -34,7 +40,7 @@ def predict_files(saved_model_dir: str, paths: list[str]) -> list[Prediction]:
         One prediction per file, in order.
     """
     serve = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
-    images = tf.constant([tf.io.gfile.GFile(p, "rb").read() for p in paths])
+    images = tf.constant([served_bytes(tf.io.gfile.GFile(p, "rb").read()) for p in paths])
     out = serve(**{SERVING_INPUT: images})
     thresholds = out[THRESHOLD].numpy() if THRESHOLD in out else [None] * len(paths)
     predictions = []

@@ -33,7 +33,8 @@ def test_local_run_pushes_a_servable_model(tmp_path, capsys):
     captured = capsys.readouterr()
     out = captured.out
     assert code == 0, out[-3000:] + captured.err[-3000:]
-    assert "pushed version 1" in out and "serving_default on" in out
+    assert "pushed version 1" in out and "called right per class: NORMAL " in out
+    assert "a typical test NORMAL image (median NORMAL score)" in out
     (run_dir,) = os.listdir(tmp_path / "runs")
     _assert_a_person_can_read_it(out, captured.err, tmp_path / "runs" / run_dir)
 
