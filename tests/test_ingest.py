@@ -37,7 +37,7 @@ from radflow.components.ingest.ingest import (
     resolve_patient_key_secret,
     split_fraction,
 )
-from radflow.preprocessing import decode_image, standardize
+from radflow.preprocessing import decode_image, preprocess_encoded
 
 # In-process Beam for the small runs below; the session fixture `examples_dir` runs the default
 # multi-processing DirectRunner.
@@ -115,6 +115,11 @@ def test_official_splits_modes(mode, official, expected):
 def test_resplit_ignores_official_splits():
     config = IngestConfig(official_splits="resplit", test_fraction=0.3, val_fraction=0.3)
     assert {assign_split(f"p{i}", {"test"}, config) for i in range(200)} == {"train", "val", "test"}
+
+
+def _served(data: bytes, size: int, channels: int = 1, policy: str = "pad") -> np.ndarray:
+    """What the serving signature's preprocessing makes of `data`, back on ingest's uint8 scale."""
+    return np.round(preprocess_encoded(tf.constant(data), size, channels, policy).numpy() * 255).astype(np.uint8)
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -299,7 +304,7 @@ def test_each_format_is_ingested_with_its_bit_depth(kaggle_run):
 
 
 def test_dicom_ingest_equals_the_png_the_client_sends(tmp_path):
-    """Training == serving for DICOM: ingest's pixels equal standardize(decode_image(to_png(dicom)))."""
+    """Training == serving for DICOM: ingest's pixels equal the serving preprocessing of to_png(dicom)."""
     ramp = (np.arange(64 * 48, dtype=np.uint16) % 4096).reshape(64, 48)
     data = make_dicom(ramp, "MONOCHROME1", WindowCenter=2000, WindowWidth=3000)
     path = tmp_path / "x.dcm"
@@ -307,8 +312,7 @@ def test_dicom_ingest_equals_the_png_the_client_sends(tmp_path):
     decoded = decode_file(SourceFile(str(path), "A"), ("A",), 32, 1, SECRET)
     assert not decoded.reason
     stored = tf.train.Example.FromString(decoded.example).features.feature[ex.IMAGE].bytes_list.value[0]
-    served = standardize(decode_image(tf.constant(dicom.to_png(data)), 1), 32).numpy()
-    assert stored == served.tobytes()
+    assert stored == _served(dicom.to_png(data), 32).tobytes()
 
 
 def test_sixteen_bit_png_reaches_uint8_as_the_server_decodes_it(tmp_path):
@@ -317,7 +321,7 @@ def test_sixteen_bit_png_reaches_uint8_as_the_server_decodes_it(tmp_path):
     path.write_bytes(_png(pixels))
     decoded = decode_file(SourceFile(str(path), "A"), ("A",), 5, 1)
     f = tf.train.Example.FromString(decoded.example).features.feature
-    served = standardize(decode_image(tf.constant(path.read_bytes()), 1), 5).numpy()
+    served = _served(path.read_bytes(), 5)
     assert f[ex.IMAGE].bytes_list.value[0] == served.tobytes()
     assert list(served[0, :, 0]) == [0, 1, 1, 156, 255]  # round(v * 255 / 65535): 40000 -> 155.65
     assert f[ex.BIT_DEPTH].int64_list.value[0] == 16
@@ -349,7 +353,7 @@ def test_wide_png_is_read_at_its_real_bit_depth_on_both_paths(tmp_path, case, va
     path.write_bytes(data)
     decoded = decode_file(SourceFile(str(path), "A"), ("A",), 4, 1)
     f = tf.train.Example.FromString(decoded.example).features.feature
-    served = standardize(decode_image(tf.constant(data), 1), 4).numpy()
+    served = _served(data, 4)
     assert f[ex.IMAGE].bytes_list.value[0] == served.tobytes()
     assert list(served[0, :, 0]) == expected
     assert f[ex.BIT_DEPTH].int64_list.value[0] == depth
@@ -366,8 +370,8 @@ def test_cmyk_jpeg_is_decoded_on_both_paths(tmp_path):
     decoded = decode_file(SourceFile(str(path), "A"), ("A",), 32, 1)
     assert not decoded.reason
     stored = tf.train.Example.FromString(decoded.example).features.feature[ex.IMAGE].bytes_list.value[0]
+    assert stored == _served(buf.getvalue(), 32).tobytes()  # decoded at 1/2 on both paths (ceil(64 / 2) = 32)
     pixels = decode_image(tf.constant(buf.getvalue()), 1).numpy()[..., 0]
-    assert stored == standardize(pixels[..., None], 32).numpy().tobytes()
     assert np.abs(pixels.astype(float) - grey).mean() < 4  # the picture, not inverted or garbage
     rgb = decode_image(tf.constant(buf.getvalue()), 3).numpy()
     assert rgb.shape == (48, 64, 3)

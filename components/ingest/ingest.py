@@ -39,7 +39,7 @@ from PIL import Image, UnidentifiedImageError
 from radflow import beam_runner, dicom, fileio
 from radflow import examples as ex
 from radflow.components.ingest.config import PATIENT_ID_PRESETS, SPLIT_FOLDER_NAMES, IngestConfig
-from radflow.preprocessing import center_crop, decode_image_and_depth, standardize
+from radflow.preprocessing import decode_scaled, standardize_source
 
 log = logging.getLogger(__name__)
 
@@ -375,9 +375,15 @@ class _Decoded:
     split: str = ""
 
 
-def pixel_checksum(pixels: np.ndarray) -> str:
-    """The identity used for exact-duplicate detection: the decoded pixels and their shape."""
-    return hashlib.sha256(pixels.tobytes() + str(pixels.shape).encode()).hexdigest()
+def pixel_checksum(pixels: np.ndarray, source_size: tuple[int, int]) -> str:
+    """The identity used for exact-duplicate detection: the decoded pixels, their shape and the source's size.
+
+    A JPEG is decoded at a reduced scale (`decode_scaled`), so two files with equal checksums give
+    identical stored examples, which is what a duplicate is for training.
+    """
+    digest = hashlib.sha256(np.ascontiguousarray(pixels).data)  # hashed in place: no copy of the pixels
+    digest.update(str((pixels.shape, source_size)).encode())
+    return digest.hexdigest()
 
 
 def patient_key(patient: str, key: str) -> str:
@@ -449,10 +455,11 @@ def decode_file(
 ) -> _Decoded:
     """Reads, decodes and standardises one file; never raises for a bad file.
 
-    JPEG (CMYK too), PNG, BMP and GIF are decoded by the same `decode_image_and_depth` as the
-    serving signature; a 16-bit PNG reaches uint8 inside it at its real sample depth (sBIT, else its
-    value range), which is recorded as the image's bit depth. DICOM is first rendered to PNG by
-    `radflow.dicom.to_png`, the conversion the predict client uses, then decoded the same way.
+    JPEG (CMYK too), PNG, BMP and GIF are decoded by the serving signature's `decode_scaled`: a
+    JPEG at 1/2, 1/4 or 1/8 of its size when that still covers `size`, and a 16-bit PNG at its real
+    sample depth (sBIT, else its value range), which is recorded as the image's bit depth. DICOM is
+    first rendered to PNG by `radflow.dicom.to_png`, the conversion the predict client uses, then
+    decoded the same way.
 
     Args:
         source: the file.
@@ -499,22 +506,25 @@ def decode_file(
         except Exception as err:  # noqa: BLE001 - PIL raises many types for damaged headers
             return quarantine(f"{NOT_AN_IMAGE}: {err}", sha256=sha)
     try:
-        pixels, standardized, histogram, bits = _decoder(size, channels, resize_policy)(tf.constant(data))
+        pixels, standardized, histogram, bits, height, width = _decoder(size, channels, resize_policy)(
+            tf.constant(data))
     except tf.errors.InvalidArgumentError as err:
         return quarantine(f"{TRUNCATED}: {fmt} {_tf_error(err)}", sha256=sha)
     if fmt != "DICOM":  # a DICOM's depth is its BitsStored; the PNG it was rendered to is 8-bit
         bit_depth = int(bits)
-    decoded = pixels.numpy()
-    if min(decoded.shape[:2]) < min_side:
-        return quarantine(f"{TOO_SMALL}: {decoded.shape[1]}x{decoded.shape[0]} px, minimum side {min_side}",
-                          sha256=sha)
+    decoded, height, width = pixels.numpy(), int(height), int(width)
+    # the statistics of the pixels as decoded (a JPEG maybe scaled), the size of the source
+    info = dataclasses.replace(ex.ImageFeatures.measure(decoded, fmt, bit_depth=bit_depth, header=header,
+                                                        histogram=histogram.numpy()),
+                               orig_height=height, orig_width=width)
+    if min(height, width) < min_side:
+        return quarantine(f"{TOO_SMALL}: {width}x{height} px, minimum side {min_side}", sha256=sha)
     if not patient:
         patient, patient_from = f"file:{source.rel_path or source.path}", FROM_NONE
     pkey = patient_key(patient, key)
-    info = ex.ImageFeatures.measure(decoded, fmt, bit_depth=bit_depth, patient_key=pkey, header=header,
-                                    histogram=histogram.numpy())
+    info = dataclasses.replace(info, patient_key=pkey)
     example = ex.make_example(standardized.numpy(), labels.index(source.label), source.label, info)
-    return _Decoded(source, pixel_hash=pixel_checksum(decoded), example=example, patient=patient,
+    return _Decoded(source, pixel_hash=pixel_checksum(decoded, (height, width)), example=example, patient=patient,
                     patient_key=pkey, patient_from=patient_from, sha256=sha,
                     example_sha256=hashlib.sha256(example).hexdigest())
 
@@ -610,16 +620,16 @@ def _expected_split_sizes(files: list[SourceFile], config: IngestConfig) -> dict
 
 @functools.lru_cache(maxsize=8)
 def _decoder(size: int, channels: int, resize_policy: str):
-    """Encoded bytes -> (decoded pixels, standardised pixels, intensity histogram, bits per sample),
-    traced once into one graph: the serving signature's decode and `standardize` plus the histogram
-    the statistics come from. One call per image, run without the GIL, so ingest's worker threads
-    share the cores instead of taking turns in Python."""
+    """Encoded bytes -> (decoded pixels, standardised pixels, intensity histogram, bits per sample,
+    source height, source width), traced once into one graph: the serving signature's decode and
+    `standardize` plus the histogram the statistics come from. One call per image, run without the
+    GIL, so ingest's decode threads share the cores instead of taking turns in Python."""
     def run(data: tf.Tensor):
-        pixels, bits = decode_image_and_depth(data, channels)
-        square = center_crop(pixels) if resize_policy == "crop" else pixels
-        return pixels, standardize(square, size), ex.intensity_histogram(pixels), bits
+        pixels, bits, height, width = decode_scaled(data, channels, size, resize_policy)
+        stored = standardize_source(pixels, size, resize_policy, (height, width))
+        return pixels, stored, ex.intensity_histogram(pixels), bits, height, width
 
-    return tf.function(run, input_signature=[tf.TensorSpec([], tf.string)])
+    return tf.function(run, input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
 
 
 def pipeline_options(config: IngestConfig) -> PipelineOptions:
