@@ -4,6 +4,8 @@ import csv
 import io
 import logging
 import os
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from PIL import Image
 from pydicom.uid import JPEG2000Lossless
 from test_dicom import IDENTIFYING, make_dicom
 
-from radflow import dicom
+from radflow import admission, dicom
 from radflow import examples as ex
 from radflow.components.ingest.config import IngestConfig
 from radflow.components.ingest.ingest import (
@@ -178,6 +180,7 @@ def _kaggle_tree(root: str) -> dict[str, str]:
     put("train/NORMAL/IM-0901-0001.jpeg", good[: len(good) // 2], "truncated")
     put("train/NORMAL/IM-0902-0001.tiff", _tiff(_image(rng)), "unsupported format")
     put("train/NORMAL/IM-0903-0001.jpeg", _jpeg(_image(rng, 12, 40)), "too small")
+    put("train/NORMAL/IM-0905-0001.png", _png(np.full((40, 48), 9, np.uint8)), "constant")
     put("train/NORMAL/multi.dcm", make_dicom(np.zeros((2, 16, 16), np.uint16)), "multi-frame")
     put("train/COVID19/IM-0904-0001.jpeg", _jpeg(_image(rng)), "unknown class")
     # Duplicates: one within a patient, and one train image copied under test as another patient: the
@@ -219,9 +222,9 @@ def test_every_input_ends_in_exactly_one_state(kaggle_run):
             assert r["state"] == outcome, r
         else:
             assert r["state"] == QUARANTINED and r["reason"].split(":")[0].startswith(outcome), r
-    assert result.states == {INGESTED: 35, QUARANTINED: 6, DUPLICATE: 2}
+    assert result.states == {INGESTED: 35, QUARANTINED: 7, DUPLICATE: 2}
     assert result.reasons == {"not an image": 1, "truncated": 1, "unsupported format": 1, "too small": 1,
-                              "multi-frame": 1, "unknown class 'COVID19'": 1}
+                              "constant": 1, "multi-frame": 1, "unknown class 'COVID19'": 1}
     with open(os.path.join(out, ex.MANIFEST_FILE)) as f:
         assert tuple(next(csv.reader(f))) == MANIFEST_COLUMNS
     metadata = ex.read_metadata(out)
@@ -535,6 +538,45 @@ def test_config_refuses_unknown_policies():
         IngestConfig(resize_policy="stretch")
     with pytest.raises(ValueError, match="official_splits"):
         IngestConfig(official_splits="whatever")
+    for field, value in (("min_side", 0), ("max_pixels", 0), ("min_std", -1.0)):
+        with pytest.raises(ValueError, match=field):
+            IngestConfig(**{field: value})
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height 8-bit grey pixels, followed by one empty IDAT."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def test_ingest_quarantines_by_the_admission_rules_serving_applies(tmp_path):
+    """The size rules read the header, before anything is decoded; the constant rule reads the
+    std_intensity ingest stores, the curated schema's minimum; the reasons keep ingest's words."""
+    rules = IngestConfig(min_side=16, max_pixels=40_000).admission
+    assert rules == admission.AdmissionRules(min_side=16, max_pixels=40_000, min_std=1.0)
+    rng = np.random.default_rng(5)
+    cases = {
+        "wide.png": (_png(_image(rng, 100, 401)), "too many pixels: 401x100 = 40100 px, limit 40000"),
+        "bomb.png": (_png_declaring(5_000, 4_000), "too many pixels: 5000x4000 = 20000000 px, limit 40000"),
+        "small.jpeg": (_jpeg(_image(rng, 15, 40)), "too small: 40x15 px, minimum side 16"),
+        "flat.png": (_png(np.full((20, 30), 200, np.uint8)), "constant: intensity std 0.00 < 1.0 on 0-255"),
+        "faint.png": (_png((np.arange(600).reshape(20, 30) % 2 + 100).astype(np.uint8)),
+                      "constant: intensity std 0.50 < 1.0 on 0-255"),
+        "fine.png": (_png(_image(rng, 100, 400)), ""),
+    }
+    for name, (data, reason) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        decoded = decode_file(SourceFile(str(path), "A"), ("A",), 16, 1, rules=rules)
+        assert decoded.reason == reason, name
+    # PIL's own decompression-bomb limit, above any max_pixels, is refused from the header too.
+    path = tmp_path / "huge.png"
+    path.write_bytes(_png_declaring(60_000, 60_000))
+    decoded = decode_file(SourceFile(str(path), "A"), ("A",), 16, 1)
+    assert decoded.reason.startswith("too many pixels: image has more than")
 
 
 def test_ingest_refuses_to_overwrite_a_finished_output(examples_dir, synth_dir):

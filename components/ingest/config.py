@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from radflow.admission import AdmissionRules
+
 RESIZE_POLICIES = ("pad", "crop")
 # Where common public sets keep the patient, as regexes with one group searched in a file's path
 # relative to the source. `patient_id_pattern` may name one instead of writing it out.
@@ -31,7 +33,10 @@ class IngestConfig:
     image_size: int = 224  # height and width of the stored, standardised images
     channels: int = 1  # 1 stores grayscale (colour inputs are converted), 3 stores RGB
     resize_policy: str = "pad"  # "pad" to a square (keeps all anatomy) or "crop" the centre square; in metadata
+    # The admission rules ingest quarantines by and `radflow serve` refuses by (radflow.admission):
     min_side: int = 32  # quarantine images whose shorter side is below this many pixels ("too small")
+    max_pixels: int = 100_000_000  # ... declaring more pixels than this, before decoding them ("too many pixels")
+    min_std: float = 1.0  # ... whose std_intensity (0-255) is below this, the schema's minimum ("constant"); 0 = off
     val_fraction: float = 0.1  # share of non-test patients held out for validation
     test_fraction: float = 0.15  # share of patients held out for test when the source has no official test split
     # merge_val: keep the official test split, fold the official val into train and carve a patient-disjoint
@@ -80,6 +85,7 @@ class IngestConfig:
         if groups != 1:
             raise ValueError(f"patient_id_pattern {self.patient_id_pattern!r} has {groups} groups; it needs exactly "
                              f"one, the patient id (or name a preset: {', '.join(PATIENT_ID_PRESETS)})")
+        AdmissionRules(self.min_side, self.max_pixels, self.min_std)  # raises ValueError naming the field
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1 or \
@@ -90,6 +96,11 @@ class IngestConfig:
         if bad:
             raise ValueError(f"labels {bad} are split names ({', '.join(sorted(SPLIT_FOLDER_NAMES))}); a class "
                              "cannot be called like a split")
+
+    @property
+    def admission(self) -> AdmissionRules:
+        """The image admission rules of this ingest, the ones `radflow serve` applies to requests."""
+        return AdmissionRules(min_side=self.min_side, max_pixels=self.max_pixels, min_std=self.min_std)
 
     @property
     def patient_id_regex(self) -> re.Pattern | None:

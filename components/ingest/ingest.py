@@ -36,7 +36,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image, UnidentifiedImageError
 
-from radflow import beam_runner, dicom, fileio
+from radflow import admission, beam_runner, dicom, fileio
 from radflow import examples as ex
 from radflow.components.ingest.config import PATIENT_ID_PRESETS, SPLIT_FOLDER_NAMES, IngestConfig
 from radflow.preprocessing import decode_scaled, standardize_source
@@ -47,6 +47,7 @@ INGESTED, QUARANTINED, DUPLICATE = "ingested", "quarantined", "duplicate"
 # Quarantine reasons; a manifest reason is one of these, optionally followed by ": detail".
 TRUNCATED, NOT_AN_IMAGE, UNSUPPORTED_FORMAT = dicom.TRUNCATED, dicom.NOT_AN_IMAGE, dicom.UNSUPPORTED_FORMAT
 MULTI_FRAME, TOO_SMALL, UNKNOWN_CLASS = dicom.MULTI_FRAME, "too small", "unknown class"
+TOO_MANY_PIXELS, CONSTANT = "too many pixels", "constant"  # refused by the admission rules serving applies too
 UNREADABLE = "unreadable"  # listed, but could not be read (vanished, permissions)
 # The manifest names original paths, so it is the run's record, never training data. It holds the
 # keyed patient hash, not the patient id.
@@ -70,6 +71,8 @@ FROM_MANIFEST, FROM_PATTERN, FROM_DICOM, FROM_NONE = "manifest", "pattern", "dic
 MAX_WITHOUT_PATIENT_ID = 0.5  # share of inputs without a patient id above which ingest refuses to split
 # Extensions of files that may be DICOM, whose PatientID is only known once the file is read.
 _DICOM_SUFFIXES = (".dcm", ".dicom", ".dic", "")
+# `decode_file`'s rules when none are given: any decodable image of at least one pixel.
+PERMISSIVE = admission.AdmissionRules(min_side=1, min_std=0)
 
 
 @dataclass(frozen=True)
@@ -451,7 +454,7 @@ def _tf_error(err: tf.errors.OpError) -> str:
 
 def decode_file(
     source: SourceFile, labels: tuple[str, ...], size: int, channels: int, key: str = "", *,
-    resize_policy: str = "pad", min_side: int = 1,
+    resize_policy: str = "pad", rules: admission.AdmissionRules = PERMISSIVE,
 ) -> _Decoded:
     """Reads, decodes and standardises one file; never raises for a bad file.
 
@@ -459,7 +462,8 @@ def decode_file(
     JPEG at 1/2, 1/4 or 1/8 of its size when that still covers `size`, and a 16-bit PNG at its real
     sample depth (sBIT, else its value range), which is recorded as the image's bit depth. DICOM is
     first rendered to PNG by `radflow.dicom.to_png`, the conversion the predict client uses, then
-    decoded the same way.
+    decoded the same way. The admission rules `radflow serve` applies are checked on the header's
+    size before anything is decoded, and on the std_intensity measured (the curated schema's minimum).
 
     Args:
         source: the file.
@@ -468,7 +472,7 @@ def decode_file(
         channels: stored channels.
         key: the patient-key secret.
         resize_policy: "pad" or "crop".
-        min_side: smaller images are quarantined as too small.
+        rules: images they refuse are quarantined (too small, too many pixels, constant).
 
     Returns:
         The example, or the quarantine reason.
@@ -505,6 +509,13 @@ def decode_file(
             return quarantine(NOT_AN_IMAGE, sha256=sha)
         except Exception as err:  # noqa: BLE001 - PIL raises many types for damaged headers
             return quarantine(f"{NOT_AN_IMAGE}: {err}", sha256=sha)
+    declared = None  # a header PIL cannot read is left to the decoder, whose error names the damage
+    try:
+        declared = admission.read_header(data)
+        if declared:
+            rules.check_size(declared.width, declared.height)
+    except admission.Refused as err:
+        return quarantine(_refusal(err, declared, rules), sha256=sha)
     try:
         pixels, standardized, histogram, bits, height, width = _decoder(size, channels, resize_policy)(
             tf.constant(data))
@@ -517,8 +528,12 @@ def decode_file(
     info = dataclasses.replace(ex.ImageFeatures.measure(decoded, fmt, bit_depth=bit_depth, header=header,
                                                         histogram=histogram.numpy()),
                                orig_height=height, orig_width=width)
-    if min(height, width) < min_side:
-        return quarantine(f"{TOO_SMALL}: {width}x{height} px, minimum side {min_side}", sha256=sha)
+    try:
+        if not declared:
+            rules.check_size(width, height)
+        rules.check_std(info.std)
+    except admission.Refused as err:
+        return quarantine(_refusal(err, admission.ImageHeader(fmt, width, height, ""), rules, info.std), sha256=sha)
     if not patient:
         patient, patient_from = f"file:{source.rel_path or source.path}", FROM_NONE
     pkey = patient_key(patient, key)
@@ -527,6 +542,18 @@ def decode_file(
     return _Decoded(source, pixel_hash=pixel_checksum(decoded, (height, width)), example=example, patient=patient,
                     patient_key=pkey, patient_from=patient_from, sha256=sha,
                     example_sha256=hashlib.sha256(example).hexdigest())
+
+
+def _refusal(err: admission.Refused, image: admission.ImageHeader | None, rules: admission.AdmissionRules,
+             std: float = 0.0) -> str:
+    """Ingest's quarantine reason for an admission refusal, in ingest's words (reason: detail)."""
+    if err.reason == admission.TOO_SMALL:
+        return f"{TOO_SMALL}: {image.width}x{image.height} px, minimum side {rules.min_side}"
+    if err.reason == admission.CONSTANT:
+        return f"{CONSTANT}: intensity std {std:.2f} < {rules.min_std} on 0-255"
+    if image is None:  # PIL itself refused the declared size as a decompression bomb
+        return f"{TOO_MANY_PIXELS}: {err.message}"
+    return f"{TOO_MANY_PIXELS}: {image.width}x{image.height} = {image.pixels} px, limit {rules.max_pixels}"
 
 
 class _DecodeFn(beam.DoFn):
@@ -553,7 +580,7 @@ class _DecodeFn(beam.DoFn):
     def process(self, source: SourceFile):
         c = self._config
         decoded = decode_file(source, self._labels, c.image_size, c.channels, self._key,
-                              resize_policy=c.resize_policy, min_side=c.min_side)
+                              resize_policy=c.resize_policy, rules=c.admission)
         (self._bad if decoded.reason else self._ok).inc()
         self._n += 1
         if self._n % c.progress_every == 0:
