@@ -4,6 +4,7 @@ import csv
 import io
 import logging
 import os
+import re
 import struct
 import zlib
 
@@ -30,6 +31,7 @@ from radflow.components.ingest.ingest import (
     assign_split,
     class_share_gaps,
     decode_file,
+    decode_threads,
     ingest,
     key_id,
     list_sources,
@@ -44,6 +46,7 @@ from radflow.preprocessing import decode_image, preprocess_encoded
 # In-process Beam for the small runs below; the session fixture `examples_dir` runs the default
 # multi-processing DirectRunner.
 FAST = ("--direct_running_mode=in_memory",)
+CORES = os.cpu_count() or 1
 SECRET = "test-secret-not-for-production"
 
 
@@ -439,7 +442,8 @@ def test_manifest_source_with_patients_and_splits(tmp_path, caplog):
     assert {manifest[f"{i}.png"]["split"] for i in range(4)} == {"test"}
     assert all(manifest[f"{i}.png"]["patient_key"] == _key(f"pat{i // 2}") for i in range(12))
     progress = [r.getMessage() for r in caplog.records if "ingest progress" in r.getMessage()]
-    assert progress and all("has read 5 files" in line for line in progress)  # a line every 5 files per worker
+    counts = [int(re.search(r"has read (\d+) files", line).group(1)) for line in progress]
+    assert counts and all(n % 5 == 0 for n in counts)  # a line every 5 files per worker
     assert any("'decoded': 12, 'quarantined': 1" in r.getMessage() for r in caplog.records)
 
 
@@ -458,8 +462,22 @@ def test_runner_and_its_options_pass_through():
     flags = options.get_all_options()
     assert flags["runner"] == "FlinkRunner" and flags["flink_master"] == "flink:8081" and flags["parallelism"] == 8
     local = pipeline_options(IngestConfig()).get_all_options()
-    assert local["direct_running_mode"] == "multi_threading"
-    assert local["direct_num_workers"] == (os.cpu_count() or 1)  # all cores
+    assert local["direct_running_mode"] == "in_memory" and local["direct_num_workers"] == 1
+
+
+@pytest.mark.parametrize("config, workers, threads", [
+    (IngestConfig(), 1, CORES),  # in_memory: one worker, whose decode threads use every core
+    (IngestConfig(direct_running_mode="multi_threading"), CORES, 1),  # a worker per core
+    (IngestConfig(beam_args=("--direct_running_mode=multi_processing",)), CORES, 1),  # beam_args win
+    (IngestConfig(beam_args=("--direct_num_workers=2",)), 2, max(1, CORES // 2)),
+    (IngestConfig(decode_threads=3, direct_running_mode="multi_threading"), CORES, 3),
+    (IngestConfig(runner="DataflowRunner"), 1, 1),  # Dataflow runs a worker process per core
+])
+def test_decode_threads_share_the_cores_among_the_workers(config, workers, threads):
+    options = pipeline_options(config)
+    if config.runner == "DirectRunner":
+        assert options.get_all_options()["direct_num_workers"] == workers
+    assert decode_threads(config, options) == threads
 
 
 def test_cli_ingest_passes_beam_args_through(tmp_path, capsys):

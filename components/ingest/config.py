@@ -65,11 +65,14 @@ class IngestConfig:
     require_patient_key_secret: bool = False  # True: refuse to run without a configured secret
     runner: str = "DirectRunner"  # or DataflowRunner, FlinkRunner, SparkRunner
     beam_args: tuple[str, ...] = ()  # extra Beam pipeline options, e.g. ("--project=p", "--region=r")
-    # DirectRunner mode. Threads, not processes: TensorFlow's decode and resize release the GIL, so
-    # threads share the work on all cores without shipping every image between processes
-    # (multi_processing measured 1.5x slower per image on 2 cores; see docs/ingest.md).
-    direct_running_mode: str = "multi_threading"
-    direct_num_workers: int = 0  # DirectRunner workers (threads or processes); 0 = one per core
+    # DirectRunner mode. in_memory: the runner's own work on one thread, no gRPC between it and its
+    # worker, and `decode_threads` decode on every core (TensorFlow's decode and resize, the file
+    # reads and the hashes release the GIL). multi_threading and multi_processing cost more CPU per
+    # image (docs/ingest.md, "Speed").
+    direct_running_mode: str = "in_memory"
+    direct_num_workers: int = 0  # DirectRunner workers (threads or processes); 0 = one per core, one in in_memory
+    # Threads each decode worker decodes with; 0 = the DirectRunner's cores shared among its workers, 1 elsewhere.
+    decode_threads: int = 0
     progress_every: int = 500  # each worker logs its progress after every this many files
 
     def __post_init__(self):
@@ -86,6 +89,8 @@ class IngestConfig:
             raise ValueError(f"patient_id_pattern {self.patient_id_pattern!r} has {groups} groups; it needs exactly "
                              f"one, the patient id (or name a preset: {', '.join(PATIENT_ID_PRESETS)})")
         AdmissionRules(self.min_side, self.max_pixels, self.min_std)  # raises ValueError naming the field
+        if self.decode_threads < 0:
+            raise ValueError(f"decode_threads must be >= 0 (0 = automatic), got {self.decode_threads}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1 or \
