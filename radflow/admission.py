@@ -1,14 +1,16 @@
 """Which images a radflow model may be asked about: one set of rules for ingest and for serving.
 
 A model answers for any bytes it can decode, including a 1x1 PNG or an all-black frame, which no
-training image ever looked like. Ingest quarantines images whose shorter side is under
-`IngestConfig.min_side` and the curated schema rejects near-constant images (std_intensity < 1 on
-0-255); serving applies the same rules here, plus a pixel-count limit that keeps one request from
-decoding gigabytes (a 389 KB all-zero PNG can declare 20,000 x 20,000 pixels).
+training image ever looked like. Ingest and serving apply the same `AdmissionRules` (ingest builds
+them from `IngestConfig.min_side`, `max_pixels` and `min_std`): a shorter side under `min_side`, more
+pixels than `max_pixels` (a 389 KB all-zero PNG can declare 20,000 x 20,000 pixels and decode to
+gigabytes) and a near-constant image (std_intensity < `min_std` on 0-255, the curated schema's
+minimum too) are quarantined by ingest and refused by the server.
 
-The size rules read only the image header (PIL opens a file without decoding it); the constant
-check decodes at reduced scale (JPEG's DCT scaling, then box reduction to about 256 px), so it
-costs a fraction of the model's own decode.
+The size rules read only the image header (PIL opens a file without decoding it), before anything
+is decoded. Serving measures the constant check here at reduced scale (JPEG's DCT scaling, then box
+reduction to about 256 px), a fraction of the model's own decode; ingest applies `check_std` to the
+std_intensity it stores, from its own decode.
 
     from radflow.admission import AdmissionRules, admit
     header = admit(data, AdmissionRules())   # raises Refused(reason, message); None: not an image PIL knows
@@ -55,6 +57,30 @@ class AdmissionRules:
                              f"images outright), got {self.max_pixels}")
         if self.min_std < 0:
             raise ValueError(f"admission min_std must be >= 0, got {self.min_std}")
+
+    def check_size(self, width: int, height: int) -> None:
+        """The size rules, on the size an image's header declares: the pixel count, then the shorter side.
+
+        Raises:
+            Refused: TOO_MANY_PIXELS or TOO_SMALL, naming the size and the limit.
+        """
+        pixels = width * height
+        if pixels > self.max_pixels:
+            raise Refused(TOO_MANY_PIXELS, f"image is {width}x{height} = {pixels} pixels, over the limit of "
+                          f"{self.max_pixels}")
+        if min(width, height) < self.min_side:
+            raise Refused(TOO_SMALL, f"image is {width}x{height} px; its shorter side must be at least "
+                          f"{self.min_side} px (ingest quarantines smaller images)")
+
+    def check_std(self, std: float) -> None:
+        """The constant-image rule, on an intensity standard deviation measured on 0-255.
+
+        Raises:
+            Refused: CONSTANT, naming the value and the limit.
+        """
+        if self.min_std > 0 and std < self.min_std:
+            raise Refused(CONSTANT, f"image is (nearly) constant: intensity std {std:.2f} < {self.min_std} on 0-255 "
+                          "(the schema rejects such images; is it blank or all black?)")
 
 
 class Refused(ValueError):
@@ -146,15 +172,7 @@ def admit(data: bytes, rules: AdmissionRules) -> ImageHeader | None:
     header = read_header(data)
     if header is None:
         return None
-    if header.pixels > rules.max_pixels:
-        raise Refused(TOO_MANY_PIXELS, f"image is {header.width}x{header.height} = {header.pixels} pixels, over the "
-                      f"limit of {rules.max_pixels}")
-    if min(header.width, header.height) < rules.min_side:
-        raise Refused(TOO_SMALL, f"image is {header.width}x{header.height} px; its shorter side must be at least "
-                      f"{rules.min_side} px (ingest quarantines smaller images)")
+    rules.check_size(header.width, header.height)
     if rules.min_std > 0:
-        std = intensity_std(data)
-        if std < rules.min_std:
-            raise Refused(CONSTANT, f"image is (nearly) constant: intensity std {std:.2f} < {rules.min_std} on 0-255 "
-                          "(the schema rejects such images; is it blank or all black?)")
+        rules.check_std(intensity_std(data))
     return header

@@ -4,6 +4,9 @@ import csv
 import io
 import logging
 import os
+import re
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ from PIL import Image
 from pydicom.uid import JPEG2000Lossless
 from test_dicom import IDENTIFYING, make_dicom
 
-from radflow import dicom
+from radflow import admission, dicom
 from radflow import examples as ex
 from radflow.components.ingest.config import IngestConfig
 from radflow.components.ingest.ingest import (
@@ -28,6 +31,7 @@ from radflow.components.ingest.ingest import (
     assign_split,
     class_share_gaps,
     decode_file,
+    decode_threads,
     ingest,
     key_id,
     list_sources,
@@ -37,11 +41,12 @@ from radflow.components.ingest.ingest import (
     resolve_patient_key_secret,
     split_fraction,
 )
-from radflow.preprocessing import decode_image, standardize
+from radflow.preprocessing import decode_image, preprocess_encoded
 
 # In-process Beam for the small runs below; the session fixture `examples_dir` runs the default
 # multi-processing DirectRunner.
 FAST = ("--direct_running_mode=in_memory",)
+CORES = os.cpu_count() or 1
 SECRET = "test-secret-not-for-production"
 
 
@@ -117,6 +122,11 @@ def test_resplit_ignores_official_splits():
     assert {assign_split(f"p{i}", {"test"}, config) for i in range(200)} == {"train", "val", "test"}
 
 
+def _served(data: bytes, size: int, channels: int = 1, policy: str = "pad") -> np.ndarray:
+    """What the serving signature's preprocessing makes of `data`, back on ingest's uint8 scale."""
+    return np.round(preprocess_encoded(tf.constant(data), size, channels, policy).numpy() * 255).astype(np.uint8)
+
+
 def _png(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
@@ -173,6 +183,7 @@ def _kaggle_tree(root: str) -> dict[str, str]:
     put("train/NORMAL/IM-0901-0001.jpeg", good[: len(good) // 2], "truncated")
     put("train/NORMAL/IM-0902-0001.tiff", _tiff(_image(rng)), "unsupported format")
     put("train/NORMAL/IM-0903-0001.jpeg", _jpeg(_image(rng, 12, 40)), "too small")
+    put("train/NORMAL/IM-0905-0001.png", _png(np.full((40, 48), 9, np.uint8)), "constant")
     put("train/NORMAL/multi.dcm", make_dicom(np.zeros((2, 16, 16), np.uint16)), "multi-frame")
     put("train/COVID19/IM-0904-0001.jpeg", _jpeg(_image(rng)), "unknown class")
     # Duplicates: one within a patient, and one train image copied under test as another patient: the
@@ -214,9 +225,9 @@ def test_every_input_ends_in_exactly_one_state(kaggle_run):
             assert r["state"] == outcome, r
         else:
             assert r["state"] == QUARANTINED and r["reason"].split(":")[0].startswith(outcome), r
-    assert result.states == {INGESTED: 35, QUARANTINED: 6, DUPLICATE: 2}
+    assert result.states == {INGESTED: 35, QUARANTINED: 7, DUPLICATE: 2}
     assert result.reasons == {"not an image": 1, "truncated": 1, "unsupported format": 1, "too small": 1,
-                              "multi-frame": 1, "unknown class 'COVID19'": 1}
+                              "constant": 1, "multi-frame": 1, "unknown class 'COVID19'": 1}
     with open(os.path.join(out, ex.MANIFEST_FILE)) as f:
         assert tuple(next(csv.reader(f))) == MANIFEST_COLUMNS
     metadata = ex.read_metadata(out)
@@ -299,7 +310,7 @@ def test_each_format_is_ingested_with_its_bit_depth(kaggle_run):
 
 
 def test_dicom_ingest_equals_the_png_the_client_sends(tmp_path):
-    """Training == serving for DICOM: ingest's pixels equal standardize(decode_image(to_png(dicom)))."""
+    """Training == serving for DICOM: ingest's pixels equal the serving preprocessing of to_png(dicom)."""
     ramp = (np.arange(64 * 48, dtype=np.uint16) % 4096).reshape(64, 48)
     data = make_dicom(ramp, "MONOCHROME1", WindowCenter=2000, WindowWidth=3000)
     path = tmp_path / "x.dcm"
@@ -307,8 +318,7 @@ def test_dicom_ingest_equals_the_png_the_client_sends(tmp_path):
     decoded = decode_file(SourceFile(str(path), "A"), ("A",), 32, 1, SECRET)
     assert not decoded.reason
     stored = tf.train.Example.FromString(decoded.example).features.feature[ex.IMAGE].bytes_list.value[0]
-    served = standardize(decode_image(tf.constant(dicom.to_png(data)), 1), 32).numpy()
-    assert stored == served.tobytes()
+    assert stored == _served(dicom.to_png(data), 32).tobytes()
 
 
 def test_sixteen_bit_png_reaches_uint8_as_the_server_decodes_it(tmp_path):
@@ -317,7 +327,7 @@ def test_sixteen_bit_png_reaches_uint8_as_the_server_decodes_it(tmp_path):
     path.write_bytes(_png(pixels))
     decoded = decode_file(SourceFile(str(path), "A"), ("A",), 5, 1)
     f = tf.train.Example.FromString(decoded.example).features.feature
-    served = standardize(decode_image(tf.constant(path.read_bytes()), 1), 5).numpy()
+    served = _served(path.read_bytes(), 5)
     assert f[ex.IMAGE].bytes_list.value[0] == served.tobytes()
     assert list(served[0, :, 0]) == [0, 1, 1, 156, 255]  # round(v * 255 / 65535): 40000 -> 155.65
     assert f[ex.BIT_DEPTH].int64_list.value[0] == 16
@@ -349,7 +359,7 @@ def test_wide_png_is_read_at_its_real_bit_depth_on_both_paths(tmp_path, case, va
     path.write_bytes(data)
     decoded = decode_file(SourceFile(str(path), "A"), ("A",), 4, 1)
     f = tf.train.Example.FromString(decoded.example).features.feature
-    served = standardize(decode_image(tf.constant(data), 1), 4).numpy()
+    served = _served(data, 4)
     assert f[ex.IMAGE].bytes_list.value[0] == served.tobytes()
     assert list(served[0, :, 0]) == expected
     assert f[ex.BIT_DEPTH].int64_list.value[0] == depth
@@ -366,8 +376,8 @@ def test_cmyk_jpeg_is_decoded_on_both_paths(tmp_path):
     decoded = decode_file(SourceFile(str(path), "A"), ("A",), 32, 1)
     assert not decoded.reason
     stored = tf.train.Example.FromString(decoded.example).features.feature[ex.IMAGE].bytes_list.value[0]
+    assert stored == _served(buf.getvalue(), 32).tobytes()  # decoded at 1/2 on both paths (ceil(64 / 2) = 32)
     pixels = decode_image(tf.constant(buf.getvalue()), 1).numpy()[..., 0]
-    assert stored == standardize(pixels[..., None], 32).numpy().tobytes()
     assert np.abs(pixels.astype(float) - grey).mean() < 4  # the picture, not inverted or garbage
     rgb = decode_image(tf.constant(buf.getvalue()), 3).numpy()
     assert rgb.shape == (48, 64, 3)
@@ -432,7 +442,8 @@ def test_manifest_source_with_patients_and_splits(tmp_path, caplog):
     assert {manifest[f"{i}.png"]["split"] for i in range(4)} == {"test"}
     assert all(manifest[f"{i}.png"]["patient_key"] == _key(f"pat{i // 2}") for i in range(12))
     progress = [r.getMessage() for r in caplog.records if "ingest progress" in r.getMessage()]
-    assert progress and all("has read 5 files" in line for line in progress)  # a line every 5 files per worker
+    counts = [int(re.search(r"has read (\d+) files", line).group(1)) for line in progress]
+    assert counts and all(n % 5 == 0 for n in counts)  # a line every 5 files per worker
     assert any("'decoded': 12, 'quarantined': 1" in r.getMessage() for r in caplog.records)
 
 
@@ -451,8 +462,22 @@ def test_runner_and_its_options_pass_through():
     flags = options.get_all_options()
     assert flags["runner"] == "FlinkRunner" and flags["flink_master"] == "flink:8081" and flags["parallelism"] == 8
     local = pipeline_options(IngestConfig()).get_all_options()
-    assert local["direct_running_mode"] == "multi_threading"
-    assert local["direct_num_workers"] == (os.cpu_count() or 1)  # all cores
+    assert local["direct_running_mode"] == "in_memory" and local["direct_num_workers"] == 1
+
+
+@pytest.mark.parametrize("config, workers, threads", [
+    (IngestConfig(), 1, CORES),  # in_memory: one worker, whose decode threads use every core
+    (IngestConfig(direct_running_mode="multi_threading"), CORES, 1),  # a worker per core
+    (IngestConfig(beam_args=("--direct_running_mode=multi_processing",)), CORES, 1),  # beam_args win
+    (IngestConfig(beam_args=("--direct_num_workers=2",)), 2, max(1, CORES // 2)),
+    (IngestConfig(decode_threads=3, direct_running_mode="multi_threading"), CORES, 3),
+    (IngestConfig(runner="DataflowRunner"), 1, 1),  # Dataflow runs a worker process per core
+])
+def test_decode_threads_share_the_cores_among_the_workers(config, workers, threads):
+    options = pipeline_options(config)
+    if config.runner == "DirectRunner":
+        assert options.get_all_options()["direct_num_workers"] == workers
+    assert decode_threads(config, options) == threads
 
 
 def test_cli_ingest_passes_beam_args_through(tmp_path, capsys):
@@ -531,6 +556,45 @@ def test_config_refuses_unknown_policies():
         IngestConfig(resize_policy="stretch")
     with pytest.raises(ValueError, match="official_splits"):
         IngestConfig(official_splits="whatever")
+    for field, value in (("min_side", 0), ("max_pixels", 0), ("min_std", -1.0)):
+        with pytest.raises(ValueError, match=field):
+            IngestConfig(**{field: value})
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height 8-bit grey pixels, followed by one empty IDAT."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def test_ingest_quarantines_by_the_admission_rules_serving_applies(tmp_path):
+    """The size rules read the header, before anything is decoded; the constant rule reads the
+    std_intensity ingest stores, the curated schema's minimum; the reasons keep ingest's words."""
+    rules = IngestConfig(min_side=16, max_pixels=40_000).admission
+    assert rules == admission.AdmissionRules(min_side=16, max_pixels=40_000, min_std=1.0)
+    rng = np.random.default_rng(5)
+    cases = {
+        "wide.png": (_png(_image(rng, 100, 401)), "too many pixels: 401x100 = 40100 px, limit 40000"),
+        "bomb.png": (_png_declaring(5_000, 4_000), "too many pixels: 5000x4000 = 20000000 px, limit 40000"),
+        "small.jpeg": (_jpeg(_image(rng, 15, 40)), "too small: 40x15 px, minimum side 16"),
+        "flat.png": (_png(np.full((20, 30), 200, np.uint8)), "constant: intensity std 0.00 < 1.0 on 0-255"),
+        "faint.png": (_png((np.arange(600).reshape(20, 30) % 2 + 100).astype(np.uint8)),
+                      "constant: intensity std 0.50 < 1.0 on 0-255"),
+        "fine.png": (_png(_image(rng, 100, 400)), ""),
+    }
+    for name, (data, reason) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        decoded = decode_file(SourceFile(str(path), "A"), ("A",), 16, 1, rules=rules)
+        assert decoded.reason == reason, name
+    # PIL's own decompression-bomb limit, above any max_pixels, is refused from the header too.
+    path = tmp_path / "huge.png"
+    path.write_bytes(_png_declaring(60_000, 60_000))
+    decoded = decode_file(SourceFile(str(path), "A"), ("A",), 16, 1)
+    assert decoded.reason.startswith("too many pixels: image has more than")
 
 
 def test_ingest_refuses_to_overwrite_a_finished_output(examples_dir, synth_dir):

@@ -296,6 +296,17 @@ def test_a_new_version_is_explained_by_its_own_model_and_missing_or_mismatched_m
             result = page.reviewer.review(xray[1])
             assert result["version"] == 3 and result["gradcam"] is None
             assert any("no Grad-CAM" in n for n in result["notes"]), result["notes"]
+            # Version 4: a model.keras whose last maps are all zero (its batch norm shifts them below
+            # the ReLU): Grad-CAM has nothing to point to, and the note says the map is flat.
+            model = keras.models.load_model(os.path.join(model_dir, KERAS_MODEL_FILE))
+            norm = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)][-1]
+            gamma, beta, mean, var = norm.get_weights()
+            norm.set_weights([np.zeros_like(gamma), np.full_like(beta, -1.0), mean, var])
+            model.save(str(tmp_path / "blind.keras"))
+            publish(model_dir, base, 4, str(tmp_path / "blind.keras"))
+            assert _wait_for_version(page, 4)
+            result = page.reviewer.review(xray[1])
+            assert any("the heat map is flat" in n for n in result["notes"]), result["notes"]
     finally:
         server.stop()
 

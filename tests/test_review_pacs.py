@@ -82,7 +82,9 @@ def test_a_study_opened_by_uid_shows_each_image_and_what_is_stored_back(review_p
     assert page.inner_text("#decision") == expected[0].decision
     assert first in page.inner_text("#file-name")
     assert f"stored back by version 1: {expected[0].decision}" in page.inner_text("#stored")
-    assert page.evaluate(CANVAS_STD, "heatmap")["std"] > 5
+    # a barely trained model's Grad-CAM may find no supporting region; the page must then say so
+    heat = page.evaluate(CANVAS_STD, "heatmap")
+    assert heat["std"] > 5 or "the heat map is flat" in page.inner_text("#notes"), heat
     screenshot(page, "pacs_study")
     page.locator("#study-images button").nth(1).click()
     page.wait_for_selector("#stored:has-text('no result stored')", timeout=60_000)

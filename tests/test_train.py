@@ -23,18 +23,22 @@ from radflow.components.train.train import (
 from radflow.preprocessing import preprocess_encoded
 
 
-def _png(pixels: np.ndarray) -> bytes:
+def _png(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
+    Image.fromarray(pixels).save(buf, format=fmt)
     return buf.getvalue()
 
 
 @pytest.mark.parametrize("policy", ["pad", "crop"])
-def test_training_and_serving_paths_give_identical_inputs(tmp_path, policy):
-    """One odd-sized image through ingest + the training input pipeline, and through the serving preprocessing."""
-    pixels = np.random.default_rng(3).integers(0, 255, (45, 70), np.uint8)
-    path = tmp_path / "IM-0001-0001.png"
-    path.write_bytes(_png(pixels))
+@pytest.mark.parametrize("fmt, shape", [("PNG", (45, 70)), ("JPEG", (140, 300))])
+def test_training_and_serving_paths_give_identical_inputs(tmp_path, policy, fmt, shape):
+    """One odd-sized image through ingest + the training input pipeline, and through the serving preprocessing.
+
+    The 140x300 JPEG is decoded at a reduced scale on both paths (1/8 padded: 300 -> 38; 1/4 cropped: 140 -> 35).
+    """
+    pixels = np.random.default_rng(3).integers(0, 255, shape, np.uint8)
+    path = tmp_path / f"IM-0001-0001.{fmt.lower()}"
+    path.write_bytes(_png(pixels, fmt))
     size = 32
     decoded = decode_file(SourceFile(str(path), "NORMAL", "train", "IM-0001"), ("NORMAL", "PNEUMONIA"), size, 1,
                           resize_policy=policy)

@@ -424,7 +424,9 @@ def _encoded_test_images(examples_dir: str) -> list[bytes]:
 def test_serving_requests_are_measured_exactly_as_ingest_measured_them(examples_dir, sample_validation):
     train_like = tfdv.load_stats_binary(os.path.join(sample_validation.out_dir, v.STATISTICS_DIR, "test.pb"))
     requests = _encoded_test_images(examples_dir)
-    report = sk.serving_skew(requests, train_like, DriftThresholds())
+    metadata = ex.read_metadata(examples_dir)  # a JPEG is measured at the scale ingest decoded it at
+    report = sk.serving_skew(requests, train_like, DriftThresholds(), image_size=metadata.image_size,
+                             resize_policy=metadata.resize_policy)
     assert report.num_images == len(requests) and report.undecodable == 0
     assert {d.feature for d in report.drifts} == set(sk.REQUEST_FEATURES)
     # The same images, through the serving path: the same features, so the same histograms.
@@ -437,7 +439,7 @@ def test_serving_skew_reports_a_batch_of_black_requests(examples_dir, sample_val
     black = tmp_path / "black.png"
     Image.fromarray(np.zeros((300, 280), np.uint8)).save(black)
     requests = [black.read_bytes()] * 20 + _encoded_test_images(examples_dir)[:10] + [b"not an image"]
-    report = sk.serving_skew(requests, train)
+    report = sk.serving_skew(requests, train, image_size=ex.read_metadata(examples_dir).image_size)
     assert report.num_images == 31 and report.undecodable == 1
     exceeded = {d.feature for d in report.exceeded}
     assert {ex.NEAR_BLACK_FRACTION, ex.MEAN_INTENSITY, ex.STD_INTENSITY, ex.SOURCE_FORMAT} <= exceeded

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from radflow.config_types import Fraction, NonNegative, Positive
+from radflow.admission import AdmissionRules
+from radflow.config_types import Fraction, NonNegative, NonNegativeFloat, Positive
 
 RESIZE_POLICIES = ("pad", "crop")
 # Where common public sets keep the patient, as regexes with one group searched in a file's path
@@ -33,7 +34,11 @@ class IngestConfig:
     image_size: Positive = 224  # height and width of the stored, standardised images
     channels: int = 1  # 1 stores grayscale (colour inputs are converted), 3 stores RGB
     resize_policy: str = "pad"  # "pad" to a square (keeps all anatomy) or "crop" the centre square; in metadata
+    # The admission rules ingest quarantines by and `radflow serve` refuses by (radflow.admission):
     min_side: NonNegative = 32  # quarantine images whose shorter side is below this many pixels ("too small")
+    max_pixels: Positive = 100_000_000  # ... declaring more pixels than this, before decoding them ("too many pixels")
+    # ... whose std_intensity (0-255) is below this, the schema's minimum ("constant"); 0 = off
+    min_std: NonNegativeFloat = 1.0
     # share of non-test patients held out for validation: early stopping and the operating threshold are chosen
     # there, and a 95% sensitivity target can only be placed with 20 or more patients of each class in it
     val_fraction: Fraction = 0.2
@@ -75,11 +80,14 @@ class IngestConfig:
     dicomweb_timeout_s: float = 60.0  # per HTTP request
     runner: str = "DirectRunner"  # or DataflowRunner, FlinkRunner, SparkRunner
     beam_args: tuple[str, ...] = ()  # extra Beam pipeline options, e.g. ("--project=p", "--region=r")
-    # DirectRunner mode. Threads, not processes: TensorFlow's decode and resize release the GIL, so
-    # threads share the work on all cores without shipping every image between processes
-    # (multi_processing measured 1.5x slower per image on 2 cores; see docs/ingest.md).
-    direct_running_mode: str = "multi_threading"
-    direct_num_workers: NonNegative = 0  # DirectRunner workers (threads or processes); 0 = one per core
+    # DirectRunner mode. in_memory: the runner's own work on one thread, no gRPC between it and its
+    # worker, and `decode_threads` decode on every core (TensorFlow's decode and resize, the file
+    # reads and the hashes release the GIL). multi_threading and multi_processing cost more CPU per
+    # image (docs/ingest.md, "Speed").
+    direct_running_mode: str = "in_memory"
+    direct_num_workers: NonNegative = 0  # DirectRunner workers; 0 = one per core (multi_*), one (in_memory)
+    # Threads each decode worker decodes with; 0 = the DirectRunner's cores shared among its workers, 1 elsewhere.
+    decode_threads: NonNegative = 0
     progress_every: Positive = 500  # each worker logs its progress after every this many files
 
     def __post_init__(self):
@@ -95,6 +103,9 @@ class IngestConfig:
         if groups != 1:
             raise ValueError(f"patient_id_pattern {self.patient_id_pattern!r} has {groups} groups; it needs exactly "
                              f"one, the patient id (or name a preset: {', '.join(PATIENT_ID_PRESETS)})")
+        AdmissionRules(self.min_side, self.max_pixels, self.min_std)  # raises ValueError naming the field
+        if self.decode_threads < 0:
+            raise ValueError(f"decode_threads must be >= 0 (0 = automatic), got {self.decode_threads}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1 or \
@@ -112,6 +123,11 @@ class IngestConfig:
         if bad:
             raise ValueError(f"labels {bad} are split names ({', '.join(sorted(SPLIT_FOLDER_NAMES))}); a class "
                              "cannot be called like a split")
+
+    @property
+    def admission(self) -> AdmissionRules:
+        """The image admission rules of this ingest, the ones `radflow serve` applies to requests."""
+        return AdmissionRules(min_side=self.min_side, max_pixels=self.max_pixels, min_std=self.min_std)
 
     @property
     def patient_id_regex(self) -> re.Pattern | None:

@@ -1,9 +1,10 @@
 """Serving skew: do the images the server receives look like the ones the model was trained on?
 
 The serving request log hands `serving_skew` a batch of request images exactly as the
-`serving_default` signature receives them (encoded bytes). Each is decoded with the signature's
-own `decode_image` and measured with the `ImageFeatures.measure` ingest uses, so a feature means
-the same thing on both sides; the batch's TFDV statistics are then compared with the training
+`serving_default` signature receives them (encoded bytes). Each is decoded and measured by
+`ingest.measure_encoded`, the signature's own `decode_scaled` at the scale ingest decoded the
+training images at (a large JPEG at 1/2 to 1/8) and the `ImageFeatures.measure` ingest uses, so a
+feature means the same thing on both sides; the batch's TFDV statistics are then compared with the training
 statistics push keeps beside the served version (<version>/radflow_lineage/train_statistics.pb).
 
     report = serving_skew(request_bytes, load_statistics(".../3/radflow_lineage/train_statistics.pb"))
@@ -23,9 +24,9 @@ from tensorflow_metadata.proto.v0 import statistics_pb2
 
 from radflow import examples as ex
 from radflow.components.ingest import ingest
+from radflow.components.ingest.config import IngestConfig
 from radflow.components.validate import drift as dr
 from radflow.components.validate.config import DriftThresholds
-from radflow.preprocessing import decode_image_and_depth
 
 SERVED_FORMATS = ("BMP", "GIF", "JPEG", "PNG")  # what serving_default's decode_image accepts (no DICOM)
 # Requests carry no label, patient or DICOM header: the image-derived features are what can be compared.
@@ -61,12 +62,16 @@ def load_statistics(path: str) -> statistics_pb2.DatasetFeatureStatisticsList:
     return tfdv.load_stats_binary(path)
 
 
-def measure_encoded(image_bytes: bytes, channels: int = 1) -> ex.ImageFeatures:
+def measure_encoded(image_bytes: bytes, channels: int = 1, image_size: int = IngestConfig.image_size,
+                    resize_policy: str = "pad") -> ex.ImageFeatures:
     """The per-image features of one encoded image, computed by the code ingest uses.
 
     Args:
         image_bytes: a JPEG, PNG, BMP or GIF file's bytes, as the serving signature receives them.
         channels: the model's channels (metadata.json), 1 for grayscale.
+        image_size: the examples' image size (metadata.json): a large JPEG is decoded, and measured,
+            at the reduced scale ingest chose for that size.
+        resize_policy: the examples' resize policy (metadata.json).
 
     Returns:
         The image's features (no patient key or DICOM header: a request has none).
@@ -74,17 +79,15 @@ def measure_encoded(image_bytes: bytes, channels: int = 1) -> ex.ImageFeatures:
     Raises:
         ValueError: the bytes are not an image the signature can decode.
     """
-    # ingest's own format sniffing (private there; the serving-skew tests break if it changes) and the
-    # shared decode, whose bit depth ingest records, so a request is described as ingest described
-    # the training images.
+    # ingest's own format sniffing and measure, so a request is described as ingest described the
+    # training images (`_source_format` is private there; the serving-skew tests break if it changes).
     source_format = ingest._source_format(image_bytes)
     if source_format not in SERVED_FORMATS:
         raise ValueError(f"not an image the serving signature decodes ({source_format or 'unknown format'})")
     try:
-        pixels, bits = decode_image_and_depth(tf.constant(image_bytes), channels)
+        return ingest.measure_encoded(image_bytes, image_size, channels, resize_policy).features
     except tf.errors.InvalidArgumentError as err:
         raise ValueError(f"not a decodable {source_format}: {err.message}") from err
-    return ex.ImageFeatures.measure(pixels.numpy(), source_format, bit_depth=int(bits))
 
 
 def request_statistics(
@@ -113,6 +116,8 @@ def serving_skew(
     train_statistics: statistics_pb2.DatasetFeatureStatisticsList,
     thresholds: DriftThresholds = DriftThresholds(),
     channels: int = 1,
+    image_size: int = IngestConfig.image_size,
+    resize_policy: str = "pad",
 ) -> SkewReport:
     """Compares a batch of serving requests with the training statistics.
 
@@ -121,6 +126,8 @@ def serving_skew(
         train_statistics: the training split's statistics (validate's statistics/train.pb, kept by push).
         thresholds: the drift limits (ValidateConfig.thresholds).
         channels: the model's channels.
+        image_size: the examples' image size (metadata.json), which sets the scale a JPEG is measured at.
+        resize_policy: the examples' resize policy.
 
     Returns:
         The per-feature drift; undecodable requests are counted, not measured.
@@ -131,7 +138,7 @@ def serving_skew(
     measured = []
     for data in image_bytes:
         try:
-            measured.append(measure_encoded(data, channels))
+            measured.append(measure_encoded(data, channels, image_size, resize_policy))
         except ValueError:
             continue
     if not measured:

@@ -348,6 +348,9 @@ class Reviewer:
                 f"{gap:.3f}): the heat map may not explain the served answer")
         class_index = result["classes"].index(prediction.decision)
         heat = grad_cam(model, x, class_index, layer)
+        if np.ptp(heat) == 0:  # all zeros (no supporting region) or, normalised, all ones
+            result["notes"].append(f"Grad-CAM points to no region for {prediction.decision}: the heat map is "
+                                   "flat, which says nothing about where the evidence lies")
         colours = np.round(overlay(x, heat, alpha=1.0) * 255).astype(np.uint8)  # alpha 1: the colour map alone
         result["gradcam"] = {"heatmap": _png_data_url(colours), "class": prediction.decision,
                              "layer": layer or "last convolution", "keras_score_gap": round(gap, 6),
