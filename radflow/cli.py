@@ -387,6 +387,7 @@ def _interrupted_line(stop, config) -> str:
 
 def _print_summary(result) -> None:
     from radflow.components.ingest.ingest import INGESTED, read_manifest
+    from radflow.pipeline.progress import shown
     from radflow.serving.predict import predict_files
 
     print("\n== radflow run finished ==")
@@ -395,7 +396,7 @@ def _print_summary(result) -> None:
     if not result.pushed["pushed"]:
         print(f"not pushed: {result.pushed['reason']}")
         return
-    print(f"pushed version {result.pushed['version']} to {result.pushed['path']}")
+    print(f"pushed version {result.pushed['version']} to {shown(result.pushed['path'])}")
     test = [r for r in read_manifest(result.examples_dir) if r["split"] == "test" and r["state"] == INGESTED]
     predictions = predict_files(result.pushed["path"], [r["path"] for r in test])
     by_class: dict[str, list] = {}
@@ -408,7 +409,8 @@ def _print_summary(result) -> None:
         pred = sorted(preds, key=lambda p: p.scores[label])[len(preds) // 2]
         scores = ", ".join(f"{k}={v:.3f}" for k, v in pred.scores.items())
         how = f"at threshold {pred.threshold:.3f}" if pred.threshold is not None else "by the highest score"
-        print(f"a typical test {label} image (median {label} score), {pred.path}: {pred.decision} {how} ({scores})")
+        print(f"a typical test {label} image (median {label} score), {shown(pred.path)}: {pred.decision} {how} "
+              f"({scores})")
 
 
 def cmd_capacity(args: argparse.Namespace) -> int:
