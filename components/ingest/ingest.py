@@ -676,12 +676,16 @@ def decode_threads(config: IngestConfig, options: PipelineOptions) -> int:
     Args:
         config: the ingest options.
         options: the pipeline's options, `beam_args` included.
+
+    Returns:
+        At least 1.
     """
     if config.decode_threads:
         return config.decode_threads
     if options.view_as(StandardOptions).runner != "DirectRunner":
         return 1
-    return max(1, (os.cpu_count() or 1) // options.view_as(DirectOptions).direct_num_workers)
+    workers = max(1, options.view_as(DirectOptions).direct_num_workers or 1)  # a `beam_args` 0 is one worker too
+    return max(1, (os.cpu_count() or 1) // workers)
 
 
 def _resolve_duplicates(item: tuple[str, Iterable[_Decoded]], patient_splits: dict[str, str]):
